@@ -1,0 +1,36 @@
+# Two entry points do all set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup build check serve test bench-quick clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+check: setup
+	$(PY) -m site_gen check
+
+build: setup
+	$(PY) -m site_gen build
+	$(PY) -m mkdocs build --strict
+
+serve: build
+	$(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
+test: setup
+	$(PY) -m site_gen check
+	$(PY) -m site_gen build --check
+	$(PY) -m mkdocs build --strict --quiet
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf site .pytest_cache

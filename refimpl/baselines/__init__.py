@@ -1,0 +1,1 @@
+"""Baselines from the survey's basics (section 2): round-to-nearest, binary, ternary."""
