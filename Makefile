@@ -1,5 +1,8 @@
 # Two entry points do all set-up on a fresh machine: `make serve` and `make test`.
 PYTHON ?= python3
+export NO_MKDOCS_2_WARNING := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -44,7 +44,8 @@ class Technique:
 
     @property
     def source_file(self) -> Path:
-        return Path(inspect.getsourcefile(self.fn)).resolve()
+        # unwrap decorators such as torch.no_grad, which would point at torch's own file
+        return Path(inspect.getsourcefile(inspect.unwrap(self.fn))).resolve()
 
     @property
     def summary(self) -> str:
