@@ -21,9 +21,13 @@ def quantize_activation(x: torch.Tensor, bits: int, sym: bool = False, per_token
 
 
 class QLinear(nn.Module):
-    """A Linear with quantized inputs. The weight is used as stored (already fake-quantized)."""
+    """A Linear with quantized inputs. The weight is used as stored (already fake-quantized).
 
-    def __init__(self, linear: nn.Linear, act_bits: int, act_sym: bool = False, per_token: bool = True,
+    act_bits None keeps the input in float: the module then only applies the `smooth` divisor
+    (AWQ/SmoothQuant scales that cannot be folded into a preceding op).
+    """
+
+    def __init__(self, linear: nn.Linear, act_bits: int | None, act_sym: bool = False, per_token: bool = True,
                  smooth: torch.Tensor | None = None):
         super().__init__()
         self.linear = linear
@@ -47,7 +51,8 @@ class QLinear(nn.Module):
     def forward(self, x):
         if self.smooth is not None:
             x = x / self.smooth
-        x = quantize_activation(x, self.act_bits, self.act_sym, self.per_token)
+        if self.act_bits is not None:
+            x = quantize_activation(x, self.act_bits, self.act_sym, self.per_token)
         return self.linear(x)
 
 

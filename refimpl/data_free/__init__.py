@@ -1,0 +1,1 @@
+"""3.5 Data-free quantization: techniques that need no calibration data."""
