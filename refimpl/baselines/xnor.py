@@ -1,0 +1,48 @@
+"""Binary weights W ≈ α · sign(W) with the L2-optimal scale α = mean|W| (XNOR-Net).
+
+Paper: Rastegari, Ordonez, Redmon, Farhadi, "XNOR-Net: ImageNet Classification Using Binary
+Convolutional Neural Networks" (arXiv 1603.05279, ECCV 2016), §3.1 (binary-weight networks).
+Taxonomy: baseline (the survey's basics, section 2).
+
+Each output channel (or each group of g inputs with `group_size`) keeps one float scale and
+one bit per weight, B = sign(W) ∈ {−1, +1}. For a fixed B the error ‖W − αB‖² is a parabola
+in α with its minimum at
+
+    α* = Bᵀ W / n = mean |W|,
+
+so no search is needed. Zero weights take sign +1 so that every weight is exactly ±α.
+Weight-only, no calibration data; `sym` has no effect (the grid {−α, +α} is symmetric by
+construction). Simplified vs the paper: no binarized activations (that is the XNOR half).
+"""
+from __future__ import annotations
+
+import torch
+
+from refimpl.core.calib import find_linears
+from refimpl.core.quantizer import from_groups, to_groups
+from refimpl.core.registry import register
+
+
+def binary_sign(W: torch.Tensor) -> torch.Tensor:
+    """B = sign(W) with sign(0) = +1, so B ∈ {−1, +1}."""
+    return torch.where(W >= 0, torch.ones_like(W), -torch.ones_like(W))
+
+
+def xnor_alpha(W: torch.Tensor) -> torch.Tensor:
+    """α* = argmin_α ‖W − α·sign(W)‖² = mean|W| over the last dimension (kept as size 1)."""
+    return W.abs().mean(dim=-1, keepdim=True)
+
+
+def binarize(W: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """W_q = α · sign(W) per row (or per group of `group_size` inputs); returns `[out, in]`."""
+    Wg = to_groups(W, group_size)
+    return from_groups(xnor_alpha(Wg) * binary_sign(Wg))
+
+
+@register(id="xnor", name="Binary weights (XNOR-Net)", subcategory="baseline", paper="xnor-net",
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(1,))
+@torch.no_grad()
+def xnor(model, cfg, calib):
+    for layer in find_linears(model, cfg.skip).values():
+        layer.weight.copy_(binarize(layer.weight, cfg.group_size))
+    return model
