@@ -1,0 +1,1 @@
+"""Benchmark harness: real models and data that install offline, tasks, runner, result records."""

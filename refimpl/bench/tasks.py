@@ -1,0 +1,198 @@
+"""Benchmark tasks: a real model, real data, a calibration sampler and the metrics.
+
+Each task is one object in `TASKS`; the runner, the CLI and the matrix are driven by it.
+
+    task.load()                      -> the fp32 model (eval mode); the tokenizer is kept on the task
+    task.calib(seed, n, seq)         -> calibration inputs (never drawn from the held-out text)
+    task.reference(fp_model)         -> what `evaluate` compares against, taken before quantization
+    task.evaluate(model, reference)  -> {metric: float}
+"""
+from __future__ import annotations
+
+import difflib
+import math
+
+import torch
+from torch import nn
+
+from refimpl.bench import data
+from refimpl.bench.models import load_minilm, load_smollm2
+from refimpl.core.calib import find_linears, model_device
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class Task:
+    """Base class: the fields every task declares."""
+    id: str = ""
+    description: str = ""
+    caveat: str = ""
+    version: str = "1"              # bump when data or metrics change: invalidates cached baselines
+    primary: str = ""               # the metric the matrix summarises
+    higher_is_better: bool = False
+    in_features: tuple[int, ...] = ()  # of every quantized Linear (group sizes must divide them)
+    calib_n: int = 16
+    calib_seq: int = 256
+
+    def __init__(self):
+        self.tokenizer = None
+
+    def load(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError(f"task {self.id}: call load() before calib() or evaluate()")
+        return self.tokenizer
+
+    def reference(self, fp_model: nn.Module):
+        return None
+
+
+class SmolLM2Perplexity(Task):
+    id = "smollm2-ppl"
+    description = ("SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576): perplexity on 4×512 held-out tokens "
+                   "of The Tempest; calibration from the other 41 Shakespeare works")
+    caveat = ("SmolLM2's linear weights ship as GGUF Q4_1 (4-bit, group 32, asymmetric, float min): a quantizer "
+              "with exactly that grid reproduces them losslessly, so results at 4-bit with groups of 32 (or "
+              "divisors) flatter any method that can land on it. Our integer-zero-point RTN does not (relative "
+              "weight error 8.2% at w4 g32 asym, measured), but 4-bit numbers are still optimistic compared with "
+              "a model trained in fp16.")
+    version = "1"
+    primary = "ppl"
+    in_features = (576, 1536)
+    calib_n, calib_seq = 16, 256
+    eval_rows, eval_seq = 4, 512
+
+    def load(self) -> nn.Module:
+        model, self.tokenizer = load_smollm2()
+        return model
+
+    def eval_tokens(self) -> torch.Tensor:
+        """The first 4×512 tokens of The Tempest, as [4, 512]."""
+        ids = self._need_tokenizer()(data.works()[data.HELDOUT], return_tensors="pt")["input_ids"][0]
+        need = self.eval_rows * self.eval_seq
+        return ids[:need].reshape(self.eval_rows, self.eval_seq)
+
+    def calib(self, seed: int, n: int, seq: int) -> torch.Tensor:
+        """[n, seq] token ids from passages of the calibration works, chosen by `seed`."""
+        tok = self._need_tokenizer()
+        rows = []
+        for passage in data.sample_passages(seed, n, chars=seq * 8):
+            ids = tok(passage, return_tensors="pt")["input_ids"][0]
+            if len(ids) < seq:  # ~4 characters per token in verse, so 8 per token always suffices
+                raise RuntimeError(f"calib: passage gave {len(ids)} < {seq} tokens")
+            rows.append(ids[:seq])
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, reference=None, progress: bool = False) -> dict:
+        """ppl = exp(mean next-token negative log-likelihood) over the 4×511 predicted tokens."""
+        device = model_device(model)
+        total, count = 0.0, 0
+        for row in _progress(self.eval_tokens(), "perplexity", progress):
+            row = row.unsqueeze(0).to(device)
+            logits = model(input_ids=row, use_cache=False).logits.float()
+            nll = nn.functional.cross_entropy(logits[0, :-1], row[0, 1:], reduction="sum")
+            total += nll.item()
+            count += row.shape[1] - 1
+        return {"nll": total / count, "ppl": math.exp(total / count), "tokens": count}
+
+
+class MiniLMLayers(Task):
+    id = "minilm-layers"
+    description = ("all-MiniLM-L6-v2 (genuine fp32, 6 BERT layers, hidden 384): relative output error of every "
+                   "Linear on real held-out sentences (32 from The Tempest) and cosine similarity of the "
+                   "mean-pooled sentence embeddings against fp32; calibration sentences from the other works")
+    caveat = ("layer_rel_err feeds each quantized Linear the fp32 model's own inputs, so it isolates that layer; "
+              "for techniques that move a layer into another basis (rotations, scales folded into the "
+              "previous layer) the per-layer numbers compare different bases — read output_rel_err and cosine "
+              "for those.")
+    version = "1"
+    primary = "layer_rel_err"
+    in_features = (384, 1536)
+    calib_n, calib_seq = 32, 128
+    eval_sentences = 32
+
+    def load(self) -> nn.Module:
+        model, self.tokenizer = load_minilm()
+        return model
+
+    def _encode(self, sentences: list[str], seq: int) -> list[dict]:
+        tok = self._need_tokenizer()
+        return [dict(tok(s, return_tensors="pt", truncation=True, max_length=seq)) for s in sentences]
+
+    def calib(self, seed: int, n: int, seq: int) -> list[dict]:
+        """n tokenised sentences (one per batch, at most `seq` tokens) from the calibration works."""
+        return self._encode(data.calibration_sentences(seed, n), seq)
+
+    @torch.no_grad()
+    def _trace(self, model: nn.Module, names: list[str]):
+        """Inputs and outputs of each named module, and mean-pooled embeddings, over the eval set."""
+        device = model_device(model)
+        xs = {n: [] for n in names}
+        ys = {n: [] for n in names}
+
+        def keep(name, inputs, output):  # returns None so the module's output is left unchanged
+            xs[name].append(inputs[0].reshape(-1, inputs[0].shape[-1]))
+            ys[name].append(output.reshape(-1, output.shape[-1]))
+
+        handles = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: keep(n, i, o))
+                   for n in names]
+        hidden, pooled = [], []
+        try:
+            for batch in self._encode(data.heldout_sentences(self.eval_sentences), 128):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                h = model(**batch).last_hidden_state[0]        # [tokens, 384], one sentence, no padding
+                hidden.append(h)
+                pooled.append(h.mean(dim=0))
+        finally:
+            for h in handles:
+                h.remove()
+        cat = {n: (torch.cat(xs[n]), torch.cat(ys[n])) for n in names}
+        return cat, torch.cat(hidden), torch.stack(pooled)
+
+    def reference(self, fp_model: nn.Module) -> dict:
+        """fp32 layer inputs/outputs, final hidden states and embeddings, plus the layer names."""
+        names = sorted(find_linears(fp_model, ()))
+        layers, hidden, pooled = self._trace(fp_model, names)
+        return {"names": names, "layers": layers, "hidden": hidden, "pooled": pooled}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, reference: dict, progress: bool = False) -> dict:
+        """Relative errors ‖Y − Ŷ‖/‖Y‖ (per layer local and end-to-end) and embedding cosine."""
+        names = reference["names"]
+        layers, hidden, pooled = self._trace(model, names)
+        local, e2e = [], []
+        for n in names:
+            X_f, Y_f = reference["layers"][n]
+            # the same fp32 inputs through the quantized module (a QLinear also quantizes them)
+            Y_local = model.get_submodule(n)(X_f.to(model_device(model)))
+            local.append(_rel(Y_f, Y_local))
+            e2e.append(_rel(Y_f, layers[n][1]))
+        cos = nn.functional.cosine_similarity(reference["pooled"], pooled.to(reference["pooled"].device), dim=-1)
+        return {"layer_rel_err": sum(local) / len(local), "layer_rel_err_max": max(local),
+                "layer_rel_err_e2e": sum(e2e) / len(e2e), "output_rel_err": _rel(reference["hidden"], hidden),
+                "cosine": cos.mean().item(), "cosine_min": cos.min().item(), "layers": len(names)}
+
+
+def _rel(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
+    Y_hat = Y_hat.to(Y.device, Y.dtype)
+    return ((Y - Y_hat).norm() / Y.norm().clamp_min(torch.finfo(Y.dtype).tiny)).item()
+
+
+TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers)}
+
+
+def get_task(task_id: str) -> Task:
+    """A fresh task object; an unknown id is a ValueError naming the nearest ids."""
+    if task_id not in TASKS:
+        near = difflib.get_close_matches(str(task_id), sorted(TASKS), n=2)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise ValueError(f"task: unknown task {task_id!r}{hint}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[task_id]()

@@ -1,0 +1,89 @@
+"""Runner and records: provenance fields, atomic sorted JSON, same seed -> same numbers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refimpl.bench import records
+from refimpl.bench.runner import RunSpec, run, validate
+from refimpl.core.registry import get
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(bits=4, group_size=64, sym=False), "w4-g64-asym"),
+    (dict(bits=3, group_size=None, sym=True), "w3-pc-sym"),
+    (dict(bits=8, group_size=None, sym=True, act_bits=8), "w8-pc-sym-a8"),
+    (dict(bits=2, group_size=64, sym=False, options={"quantizer": "gptq", "alpha": 0.5}),
+     "w2-g64-asym-alpha=0.5-quantizer=gptq"),
+    (dict(bits=4, group_size=64, sym=False, seed=3, calib={"n": 8, "seq": 64}, default_calib={"n": 16, "seq": 256}),
+     "w4-g64-asym-calib8x64-seed3"),
+    (dict(bits=4, group_size=64, sym=False, options={"fmt": "fp4/e2m1"}), "w4-g64-asym-fmt=fp4_e2m1"),
+])
+def test_setting_names_are_stable_and_file_safe(kwargs, name):
+    assert records.setting_name(**kwargs) == name
+
+
+def test_write_json_atomic_sorts_keys_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "a" / "b.json"
+    records.write_json_atomic(path, {"b": 1, "a": {"d": 2, "c": 3}})
+    records.write_json_atomic(path, {"z": 1, "a": 2})   # overwrite in place
+    assert path.read_text() == '{\n  "a": 2,\n  "z": 1\n}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+    with pytest.raises(ValueError):                      # NaN is not JSON: refused, old file intact
+        records.write_json_atomic(path, {"x": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 2, "z": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    spec = dict(technique="rtn", task="minilm-layers", bits=3, group_size=64, seed=7, threads=1)
+    first = run(RunSpec(**spec), out_dir=out)
+    second = run(RunSpec(**spec), out_dir=None)
+    return out, first, second
+
+
+def test_same_seed_gives_identical_metrics(two_runs):
+    _, first, second = two_runs
+    assert first["metrics"] == second["metrics"]
+    assert first["fp_baseline"] == second["fp_baseline"]
+    # and the numbers are real measurements, not placeholders
+    assert 0.01 < first["metrics"]["layer_rel_err"] < 1
+    assert first["metrics"]["cosine"] < first["fp_baseline"]["cosine"]
+
+
+def test_record_has_full_provenance(two_runs):
+    out, first, _ = two_runs
+    path = out / "minilm-layers" / "rtn" / "w3-g64-asym-seed7.json"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == first
+    assert path.read_text() == json.dumps(first, indent=2, sort_keys=True) + "\n"
+    for key in records.RECORD_FIELDS:
+        assert key in on_disk, key
+    prov = on_disk["provenance"]
+    for key in records.PROVENANCE_FIELDS:
+        assert key in prov, key
+    assert prov["technique_source_sha256"] == records.sha256_file(get("rtn").source_file)
+    assert prov["threads"] == 1 and prov["device"] == "cpu" and prov["date"].endswith("+00:00")
+    assert on_disk["config"] == {"bits": 3, "group_size": 64, "sym": False, "act_bits": None, "options": {},
+                                 "calib": None, "seed": 7, "skip": ["lm_head"]}
+    assert on_disk["timing"]["wall_s"] >= on_disk["timing"]["quantize_s"] >= 0
+    assert on_disk["memory"]["peak_rss_mb"] > 50
+
+
+@pytest.mark.parametrize("spec,param", [
+    (dict(technique="rtm", task="minilm-layers", bits=4), "method"),
+    (dict(technique="rtn", task="minilm", bits=4), "task"),
+    (dict(technique="rtn", task="minilm-layers", bits=0), "bits"),
+    (dict(technique="rtn", task="minilm-layers", bits=17), "bits"),
+    (dict(technique="rtn", task="smollm2-ppl", bits=4, group_size=128), "group_size"),
+    (dict(technique="rtn", task="minilm-layers", bits=4, act_bits=0), "act_bits"),
+    (dict(technique="rtn", task="minilm-layers", bits=4, options={"alpha": "1"}), "option alpha"),
+    (dict(technique="rtn", task="minilm-layers", bits=4, seed=-1), "seed"),
+    (dict(technique="rtn", task="minilm-layers", bits=4, device="tpu"), "device"),
+])
+def test_validate_names_the_bad_parameter(spec, param):
+    with pytest.raises(ValueError, match=f"^{param}"):
+        validate(RunSpec(**spec))
