@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.act import quantize_linear_inputs
-from refimpl.core.calib import find_linears
+from refimpl.core.calib import map_weights
 from refimpl.core.quantizer import quantize_weight
 from refimpl.core.registry import register
 
@@ -26,9 +26,7 @@ from refimpl.core.registry import register
           kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"))
 @torch.no_grad()
 def rtn(model, cfg, calib):
-    layers = find_linears(model, cfg.skip)
-    for layer in layers.values():
-        layer.weight.copy_(quantize_weight(layer.weight, cfg.bits, cfg.group_size, cfg.sym))
+    layers = map_weights(model, cfg.skip, lambda W: quantize_weight(W, cfg.bits, cfg.group_size, cfg.sym))
     if cfg.act_bits is not None:
         quantize_linear_inputs(model, layers, cfg.act_bits)
     return model

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from refimpl.core.calib import find_linears
+from refimpl.core.calib import map_weights
 from refimpl.core.quantizer import from_groups, to_groups
 from refimpl.core.registry import register
 
@@ -46,6 +46,5 @@ def ternarize(W: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
           kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(2,))
 @torch.no_grad()
 def twn(model, cfg, calib):
-    for layer in find_linears(model, cfg.skip).values():
-        layer.weight.copy_(ternarize(layer.weight, cfg.group_size))
+    map_weights(model, cfg.skip, lambda W: ternarize(W, cfg.group_size))
     return model

@@ -186,3 +186,13 @@ def _replace_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, 
     if args:
         return (h,) + tuple(args[1:]), kwargs
     return args, {**kwargs, "hidden_states": h}
+
+
+@torch.no_grad()
+def map_weights(model: nn.Module, skip: Iterable[str], fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, nn.Linear]:
+    """Replace every quantized Linear's weight W by fn(W) in place (data-free weight rounding);
+    returns the layers it touched."""
+    layers = find_linears(model, skip)
+    for layer in layers.values():
+        layer.weight.copy_(fn(layer.weight))
+    return layers
