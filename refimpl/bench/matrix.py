@@ -9,7 +9,9 @@ Settings, generated from the registry (never from a hand-kept list of techniques
   per-token activations);
 - quarot also with quantizer=gptq (rotation, then GPTQ) at 2, 3 and 4 bits, group 64;
 - format techniques: only their natural bit-widths, group (block) 64.
-A record whose config, technique source hash and git commit match is not recomputed.
+A record whose config, code hash (the technique's file and the refimpl modules it imports), torch version and task version match is not
+recomputed; a record from another commit stays valid while none of that changed (its own
+provenance still names the commit that produced it, and the site shows it).
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], l
 
 
 def is_fresh(spec: RunSpec, out_dir) -> bool:
-    """A matching record exists: same config, same technique source, same commit."""
+    """A matching record exists: same config, technique source, torch and task version."""
     tech, task = validate(spec)
     config = config_of(spec, tech, task)
     path = records.record_path(out_dir, task.id, tech.id, setting_of(spec, task, config["calib"]))
@@ -73,8 +75,8 @@ def is_fresh(spec: RunSpec, out_dir) -> bool:
     prov = old.get("provenance") or {}
     now = records.provenance(tech)
     return (old.get("config") == config
-            and prov.get("technique_source_sha256") == now["technique_source_sha256"]
-            and prov.get("git_commit") == now["git_commit"] and now["git_commit"] is not None)
+            and prov.get("code_sha256") == now["code_sha256"]
+            and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
 
 
 def estimate_seconds(spec: RunSpec, tech, out_dir) -> float:

@@ -24,7 +24,7 @@ RESULTS = REPO / "results"
 RECORD_FIELDS = ("schema", "technique", "task", "setting", "config", "metrics", "fp_baseline", "caveat",
                  "provenance", "timing", "memory")
 PROVENANCE_FIELDS = ("git_commit", "git_dirty", "torch", "transformers", "python", "cpu", "device", "threads",
-                     "date", "technique_module", "technique_source_sha256")
+                     "date", "technique_module", "technique_source_sha256", "code_sha256")
 
 
 def setting_name(bits: int, group_size: int | None, sym: bool, act_bits: int | None = None,
@@ -124,7 +124,41 @@ def provenance(technique=None, device: str = "cpu", threads: int | None = None) 
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "technique_module": technique.module if technique else None,
         "technique_source_sha256": sha256_file(technique.source_file) if technique else None,
+        "code_sha256": code_sha256(technique) if technique else None,
     }
+
+
+def dependency_files(technique) -> list[Path]:
+    """The technique's own file and every refimpl module it reaches through its imports.
+
+    Walks module globals (modules, functions and classes defined under refimpl.*) transitively,
+    so a change in a shared core helper the technique uses invalidates its cached results, while
+    an unrelated new core file does not.
+    """
+    import inspect
+    import sys
+    todo, seen = [technique.module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not name.startswith("refimpl.") or name not in sys.modules:
+            continue
+        seen.add(name)
+        for value in vars(sys.modules[name]).values():
+            owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.startswith("refimpl.") and owner not in seen:
+                todo.append(owner)
+    seen.discard("refimpl.core.registry")  # bookkeeping only: it never changes a number
+    files = {Path(sys.modules[n].__file__).resolve() for n in seen if getattr(sys.modules[n], "__file__", None)}
+    return sorted(files)
+
+
+def code_sha256(technique) -> str:
+    """One hash over the technique's dependency files (relative path + content), in a stable order."""
+    h = hashlib.sha256()
+    for path in dependency_files(technique):
+        rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def peak_rss_bytes() -> int:

@@ -247,7 +247,7 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
         metrics = task.evaluate(model, reference, progress=progress)
         eval_s = time.perf_counter() - t0
     record = {
-        "schema": records.SCHEMA, "technique": tech.id, "task": task.id,
+        "schema": records.SCHEMA, "technique": tech.id, "task": task.id, "task_version": task.version,
         "setting": setting_of(spec, task, config["calib"]), "config": config,
         "metrics": metrics, "fp_baseline": baseline, "caveat": task.caveat,
         "provenance": records.provenance(tech, spec.device, threads),
