@@ -38,7 +38,7 @@ def quantize(model: nn.Module, method: str, *, bits: int, group_size: int | None
     for name, layer in layers.items():
         cfg.check_layer(name, layer)
     batches = as_batches(calib)
-    if tech.needs_calib and not batches:
+    if tech.calib_needed(options) and not batches:
         raise ValueError(f"calib: {method!r} needs calibration data (a LongTensor [n, seq] or an iterable of inputs)")
     _check_options(tech, options)
     return tech.fn(model, cfg, batches, **options)

@@ -123,7 +123,7 @@ def setting_of(spec: RunSpec, task: Task, calib: dict | None) -> str:
 def wants_calib(tech: Technique, options: dict) -> bool:
     """Calibration data goes to techniques that need it, or that delegate to one that does
     (an option naming a technique, such as quarot's quantizer="gptq")."""
-    if tech.needs_calib:
+    if tech.calib_needed(options):
         return True
     from refimpl.core.registry import all_techniques
     calibrating = {t.id for t in all_techniques() if t.needs_calib}

@@ -38,6 +38,7 @@ class Technique:
     tasks: tuple[str, ...]
     fn: Callable = field(repr=False, compare=False)
     needs_calib: bool = False
+    calib_free_when: tuple[tuple[str, object], ...] = ()   # options under which no data is needed
     bits: tuple[int, ...] | None = None   # the only bit-widths it supports (None: any 1..16)
     module: str = ""
     doc: str = ""
@@ -52,6 +53,11 @@ class Technique:
         """The first paragraph of the module docstring (what the site shows first)."""
         return self.doc.strip().split("\n\n")[0].replace("\n", " ") if self.doc else ""
 
+    def calib_needed(self, options: dict | None = None) -> bool:
+        """needs_calib, unless `options` select a data-free variant (e.g. mse_clip objective='weight')."""
+        options = options or {}
+        return self.needs_calib and not any(options.get(k) == v for k, v in self.calib_free_when)
+
     def options(self) -> dict[str, object]:
         """Technique-specific keyword options and their defaults."""
         sig = inspect.signature(self.fn)
@@ -61,7 +67,7 @@ class Technique:
 
 def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
              tasks: tuple[str, ...] | list[str], needs_calib: bool = False,
-             bits: tuple[int, ...] | None = None) -> Callable:
+             bits: tuple[int, ...] | None = None, calib_free_when: dict | None = None) -> Callable:
     """Decorator: register `fn` as technique `id`. Re-registration of the same id is an error."""
     if kind not in KINDS:
         raise ValueError(f"register({id!r}): kind must be one of {KINDS}, got {kind!r}")
@@ -74,6 +80,7 @@ def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
         _REGISTRY[id] = Technique(
             id=id, name=name, subcategory=subcategory, paper=paper, kind=kind,
             tasks=tuple(tasks), fn=fn, needs_calib=needs_calib,
+            calib_free_when=tuple(sorted((calib_free_when or {}).items())),
             bits=tuple(bits) if bits else None, module=fn.__module__,
             doc=(module.__doc__ or "") if module else "",
         )

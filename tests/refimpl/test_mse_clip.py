@@ -93,8 +93,9 @@ def test_weight_objective_needs_no_data_and_lowers_weight_error(acts):
     assert torch.equal(model[0].weight, W_q)
 
 
-@pytest.mark.parametrize("opts, param", [(dict(grid=0), "grid"), (dict(grid=2.5), "grid"),
-                                         (dict(objective="loss"), "objective"), (dict(), "calib")])
+@pytest.mark.parametrize("opts, param", [(dict(grid=0, objective="weight"), "grid"),
+                                         (dict(grid=2.5, objective="weight"), "grid"),
+                                         (dict(objective="loss"), "calib"), (dict(), "calib")])
 def test_bad_options_name_the_parameter(opts, param):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
     with pytest.raises(ValueError, match=rf"^{param}:"):
