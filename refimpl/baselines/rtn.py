@@ -23,7 +23,7 @@ from refimpl.core.registry import register
 
 
 @register(id="rtn", name="Round-to-nearest", subcategory="baseline", paper="nagel-white-paper",
-          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"))
+          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"))
 @torch.no_grad()
 def rtn(model, cfg, calib):
     layers = map_weights(model, cfg.skip, lambda W: quantize_weight(W, cfg.bits, cfg.group_size, cfg.sym))

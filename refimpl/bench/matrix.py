@@ -20,7 +20,7 @@ import sys
 import time
 
 from refimpl.bench import records
-from refimpl.bench.runner import PTQ_KINDS, RunSpec, config_of, run, setting_of, validate
+from refimpl.bench.runner import RunSpec, config_of, run, setting_of, validate
 from refimpl.bench.tasks import TASKS, get_task
 from refimpl.core.registry import all_techniques
 
@@ -30,12 +30,15 @@ EXTRA_OPTIONS = {"quarot": ({"quantizer": "gptq"},)}  # QuaRot's rotation follow
 # rough seconds per run on 2 CPU cores when no earlier record says better: (task, needs calibration)
 DEFAULT_SECONDS = {("smollm2-ppl", False): 40, ("smollm2-ppl", True): 150,
                    ("minilm-layers", False): 10, ("minilm-layers", True): 30}
+DEFAULT_OTHER_TASK_SECONDS = 5
 
 
 def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], list[str]]:
     """The runs for one technique on one task, and the settings skipped with the reason."""
     task = TASKS[task_id]
     skipped = []
+    if getattr(task, "SETTINGS", None):
+        return task_settings(tech, task, quick), skipped
 
     def divides(g):
         return all(n % g == 0 for n in task.in_features)
@@ -64,6 +67,16 @@ def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], l
     return out, skipped
 
 
+def task_settings(tech, task, quick: bool) -> list[RunSpec]:
+    """Tasks that declare their own (bits, act_bits) grid (digits-cnn): per-channel symmetric
+    weights at every setting the technique supports; mixed-precision reads bits as a budget."""
+    grid = task.MIXED_SETTINGS if tech.kind == "mixed-precision" else task.SETTINGS
+    if quick:
+        grid = grid[1:2] if len(grid) > 1 else grid
+    return [RunSpec(tech.id, task.id, bits=w, group_size=None, sym=True, act_bits=a) for w, a in grid
+            if tech.bits is None or w in tech.bits]
+
+
 def is_fresh(spec: RunSpec, out_dir) -> bool:
     """A matching record exists: same config, technique source, torch and task version."""
     tech, task = validate(spec)
@@ -87,7 +100,7 @@ def estimate_seconds(spec: RunSpec, tech, out_dir) -> float:
              and isinstance(r["timing"].get("wall_s"), (int, float))]
     if walls:
         return sum(walls) / len(walls)
-    return DEFAULT_SECONDS[(spec.task, tech.needs_calib)]
+    return DEFAULT_SECONDS.get((spec.task, tech.needs_calib), DEFAULT_OTHER_TASK_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(records.RESULTS), help="results folder (default: results/)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for every run")
     args = p.parse_args(argv)
-    techs = [t for t in all_techniques() if t.kind in PTQ_KINDS]
+    techs = all_techniques()
     if args.only:
         unknown = sorted(set(args.only) - {t.id for t in techs})
         if unknown:
-            print(f"error: --only: unknown or non-PTQ technique(s) {', '.join(unknown)}", file=sys.stderr)
+            print(f"error: --only: unknown technique(s) {', '.join(unknown)}", file=sys.stderr)
             return 2
         techs = [t for t in techs if t.id in args.only]
     tasks = args.task or sorted(TASKS)

@@ -49,8 +49,6 @@ class RunSpec:
 def validate(spec: RunSpec) -> tuple[Technique, Task]:
     """Check a spec without loading a model; a problem is a ValueError naming the parameter."""
     tech = get(spec.technique)
-    if tech.kind not in PTQ_KINDS:
-        raise ValueError(f"technique: {tech.id!r} is a {tech.kind} technique; `run` handles {', '.join(PTQ_KINDS)}")
     task = get_task(spec.task)
     if task.id not in tech.tasks:
         raise ValueError(f"task: {tech.id!r} does not support {task.id!r} (it supports: {', '.join(tech.tasks) or 'none'})")
@@ -65,7 +63,7 @@ def validate(spec: RunSpec) -> tuple[Technique, Task]:
                              f"use one of {ok} or omit it for per-channel")
     if spec.act_bits is not None:
         check_bits(spec.act_bits, "act_bits")
-        if tech.kind != "ptq-weight-act":
+        if tech.kind in ("ptq-weight", "format") and not task.static_acts:
             raise ValueError(f"act_bits: {tech.id!r} quantizes weights only; drop --act-bits")
     for name, value in (("seed", spec.seed), ("calib_n", spec.calib_n), ("calib_seq", spec.calib_seq),
                         ("threads", spec.threads)):
@@ -132,8 +130,11 @@ def wants_calib(tech: Technique, options: dict) -> bool:
 
 def config_of(spec: RunSpec, tech: Technique, task: Task) -> dict:
     """The full configuration written to (and compared against) a record."""
+    harness_acts = task.static_acts and spec.act_bits is not None and tech.kind in PTQ_KINDS
+    data_free = tech.kind == "data-free" and spec.options.get("source") != "real"
+    needs = wants_calib(tech, spec.options) or harness_acts or tech.kind in ("qat", "mixed-precision", "diffusion")
     calib = ({"n": spec.calib_n or task.calib_n, "seq": spec.calib_seq or task.calib_seq}
-             if wants_calib(tech, spec.options) else None)
+             if needs and not data_free else None)
     return {"bits": spec.bits, "group_size": spec.group_size, "sym": spec.sym, "act_bits": spec.act_bits,
             "options": dict(sorted(spec.options.items())), "calib": calib, "seed": spec.seed,
             "skip": ["lm_head"]}
@@ -236,8 +237,7 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
         rss_before = records.current_rss_bytes()
         t0 = time.perf_counter()
         with block_progress(model, f"{tech.id} quantizing", progress):
-            refimpl.quantize(model, tech.id, bits=spec.bits, group_size=spec.group_size, sym=spec.sym,
-                             calib=calib, act_bits=spec.act_bits, **spec.options)
+            model = apply_technique(model, tech, task, spec, calib)
         if spec.device.startswith("cuda"):
             torch.cuda.synchronize()
         quantize_s = time.perf_counter() - t0
@@ -264,6 +264,34 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
         record_path = str(path)
         say(f"wrote {record_path}")
     return record
+
+
+def apply_technique(model, tech: Technique, task: Task, spec: RunSpec, calib):
+    """Quantize `model` with the technique as the task prescribes; returns the quantized model.
+
+    Post-training techniques go through `refimpl.quantize`. On tasks with static activation
+    quantization (digits-cnn) they quantize weights only and the harness then adds the same
+    calibrated per-tensor activation quantizer for every one of them. Other kinds receive the
+    task's `TaskData` and handle activations themselves.
+    """
+    import refimpl
+    from refimpl.core.calib import find_linears
+    from refimpl.core.fakequant import quantize_activations
+    if tech.kind in PTQ_KINDS:
+        own_acts = None if task.static_acts else spec.act_bits
+        refimpl.quantize(model, tech.id, bits=spec.bits, group_size=spec.group_size, sym=spec.sym,
+                         calib=calib, act_bits=own_acts, **spec.options)
+        if task.static_acts:
+            for layer in find_linears(model, ("lm_head",)).values():
+                if not hasattr(layer, "quant_bits"):
+                    layer.quant_bits = spec.bits
+            if spec.act_bits is not None:
+                quantize_activations(model, spec.act_bits, calib)
+        return model
+    cfg = QuantConfig(bits=spec.bits, group_size=spec.group_size, sym=spec.sym, act_bits=spec.act_bits)
+    data = task.task_data(tech.kind, spec.seed, calib, spec.options)
+    out = tech.fn(model, cfg, data, **spec.options)
+    return model if out is None else out
 
 
 def _fmt(metrics: dict) -> str:

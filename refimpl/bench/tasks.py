@@ -38,6 +38,7 @@ class Task:
     in_features: tuple[int, ...] = ()  # of every quantized Linear (group sizes must divide them)
     calib_n: int = 16
     calib_seq: int = 256
+    static_acts = False   # True: the harness quantizes activations for weight-only techniques
 
     def __init__(self):
         self.tokenizer = None
@@ -52,6 +53,9 @@ class Task:
 
     def reference(self, fp_model: nn.Module):
         return None
+
+    def task_data(self, kind: str, seed: int, calib, options: dict):
+        raise ValueError(f"task: {self.id!r} has no data for {kind} techniques (post-training only)")
 
 
 class SmolLM2Perplexity(Task):
@@ -186,7 +190,67 @@ def _rel(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
     return ((Y - Y_hat).norm() / Y.norm().clamp_min(torch.finfo(Y.dtype).tiny)).item()
 
 
-TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers)}
+class DigitsCNNTask(Task):
+    id = "digits-cnn"
+    description = ("a small CNN with BatchNorm (3 convolutions written as unfold + Linear, 16/32/32 channels) "
+                   "trained on scikit-learn's 8×8 digits: top-1 accuracy on 540 held-out test digits; "
+                   "calibration from 180 separate digits, training-time methods fine-tune on the 1077 training digits")
+    caveat = ("weights per output channel, symmetric; activations per tensor, static (min/max over the "
+              "calibration digits unless the technique sets them), at the input of every layer except the "
+              "first (whose input is the image). 540 test digits: one digit is 0.19 accuracy points.")
+    version = "1"
+    primary = "accuracy"
+    higher_is_better = True
+    in_features = (9, 144, 288, 32)
+    static_acts = True
+    calib_n, calib_seq = 180, 0      # images; seq is meaningless here
+    # (bits, act_bits) of the matrix; mixed-precision techniques read bits as the average budget
+    SETTINGS = ((8, 8), (4, 8), (3, 8), (4, 4), (2, 4), (2, 2))
+    MIXED_SETTINGS = ((3, 8),)
+
+    def __init__(self):
+        super().__init__()
+        self._split = None
+
+    def split(self):
+        if self._split is None:
+            from refimpl.bench import digits
+            self._split = digits.load_split()
+        return self._split
+
+    def load(self) -> nn.Module:
+        from refimpl.bench import digits
+        self.tokenizer = "digits"      # no tokenizer: marks the task as loaded
+        return digits.load_model()
+
+    def calib(self, seed: int, n: int, seq: int = 0) -> list[torch.Tensor]:
+        """n calibration digits chosen by `seed`, in batches of 60 images [b, 1, 8, 8]."""
+        pool = self.split()["calib"].x
+        if not 1 <= n <= len(pool):
+            raise ValueError(f"calib_n: digits-cnn has {len(pool)} calibration digits, asked for {n}")
+        idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]
+        return list(pool[idx].split(60))
+
+    def task_data(self, kind: str, seed: int, calib: list | None, options: dict):
+        """What a non-PTQ technique gets: labelled training digits (qat, mixed-precision), or no data
+        at all for data-free methods unless they are asked for their real-data variant."""
+        from torch.nn import functional as F
+
+        from refimpl.core.data import TaskData
+        if kind == "data-free":
+            return TaskData(calib=calib if options.get("source") == "real" else None)
+        return TaskData(train=self.split()["train"], calib=calib, loss=F.cross_entropy)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, reference=None, progress: bool = False) -> dict:
+        from refimpl.bench import digits
+        from refimpl.core.fakequant import model_size
+        out = {"accuracy": digits.accuracy(model, self.split()["test"])}
+        out.update(model_size(model))
+        return out
+
+
+TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers, DigitsCNNTask)}
 
 
 def get_task(task_id: str) -> Task:

@@ -100,7 +100,7 @@ def _check(p, beta, kappa, iters, optimize_scale):
 
 
 @register(id="hqq", name="Half-Quadratic Quantization (HQQ)", subcategory="3.5.1", paper="hqq",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"))
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"))
 @torch.no_grad()
 def hqq(model, cfg, calib, *, p=0.7, beta=10.0, kappa=1.01, iters=20, optimize_scale=False):
     _check(p, beta, kappa, iters, optimize_scale)

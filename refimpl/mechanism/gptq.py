@@ -108,7 +108,7 @@ def _current_group(W, W1, Err1, U, b1, i, b2, g):
 
 
 @register(id="gptq", name="GPTQ", subcategory="3.2.3", paper="gptq", kind="ptq-weight",
-          tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True)
 @torch.no_grad()
 def gptq(model, cfg, calib, *, blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False):
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:

@@ -96,7 +96,7 @@ def learn_rounding(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int 
 
 
 @register(id="adaround", name="AdaRound", subcategory="3.4.4", paper="adaround", kind="ptq-weight",
-          tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True)
 @torch.no_grad()
 def adaround(model, cfg, calib, *, iters: int = 200, lr: float = 1e-2, lam: float = 0.01):
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:

@@ -45,7 +45,7 @@ def correct_bias(layer: nn.Linear, W_q: torch.Tensor, X: torch.Tensor | None) ->
 
 
 @register(id="bias_correction", name="Empirical bias correction", subcategory="3.4.1", paper="dfq",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True)
 @torch.no_grad()
 def bias_correction(model, cfg, calib):
     def quantize_layer(name, layer, X):

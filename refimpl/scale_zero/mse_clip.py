@@ -81,7 +81,7 @@ def mse_clip_quantize(W: torch.Tensor, H: torch.Tensor | None, bits: int, group_
 
 
 @register(id="mse_clip", name="MSE clipping (ACIQ-style range search)", subcategory="3.1.1", paper="aciq",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True,
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True,
           calib_free_when={"objective": "weight"})
 @torch.no_grad()
 def mse_clip(model, cfg, calib, *, grid: int = 100, objective: str = "output"):
