@@ -62,7 +62,8 @@ def test_quality_matches_the_hqq_package(minilm, bits):
         W_pkg = Quantizer.dequantize(W_pkg, meta)
         W_ours = hqq_quantize(W, bits, 64)
         assert _lp(W, W_ours) <= 1.05 * _lp(W, W_pkg)
-        assert _mse(W, W_ours) <= 1.05 * _mse(W, W_pkg)
+        # the squared error, which ours selects on, is never worse than the package's
+        assert _mse(W, W_ours) <= _mse(W, W_pkg) * (1 + 1e-6)
 
 
 def test_optimized_scale_and_symmetric_grid_improve_on_their_start(minilm):
