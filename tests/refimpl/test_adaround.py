@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import refimpl
-from refimpl.core.calib import capture_inputs, run_model
-from refimpl.core.quantizer import from_groups, minmax_qparams, qrange, quantize_weight, to_groups
+from refimpl.core.quantizer import minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.redistribution.adaround import inverse_rectified_sigmoid, learn_rounding, rectified_sigmoid
+from _refimpl_helpers import block_inputs
 
 LAYERS = ("attention.self.query", "output.dense")
 
@@ -16,12 +16,9 @@ LAYERS = ("attention.self.query", "output.dense")
 @pytest.fixture(scope="module")
 def acts(minilm):
     """{name: (W, X_calib, X_heldout)} for two Linears of block 3."""
-    model, _, calib, heldout = minilm
-    block = model.encoder.layer[3]
-    layers = {n: block.get_submodule(n) for n in LAYERS}
-    X = capture_inputs(lambda: [run_model(model, b) for b in calib], layers)
-    Xh = capture_inputs(lambda: [run_model(model, b) for b in heldout], layers)
-    return {n: (layers[n].weight.detach().clone(), X[n], Xh[n]) for n in LAYERS}
+    block = minilm[0].encoder.layer[3]
+    X, Xh = block_inputs(minilm, 3, LAYERS), block_inputs(minilm, 3, LAYERS, heldout=True)
+    return {n: (block.get_submodule(n).weight.detach().clone(), X[n], Xh[n]) for n in LAYERS}
 
 
 def hessian(X):

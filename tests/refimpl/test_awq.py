@@ -14,15 +14,7 @@ from refimpl.core.config import QuantConfig
 from refimpl.core.quantizer import quantize_weight
 from refimpl.redistribution._llama import norm_groups
 from refimpl.redistribution.awq import apply_scale, clip_quant, output_error, scaled_quant, search_scale
-
-
-def _layer_error(ref, quant, X):
-    errs = []
-    with torch.no_grad():
-        for name, x in X.items():
-            y = ref.get_submodule(name)(x)
-            errs.append(float((quant.get_submodule(name)(x) - y).norm() / y.norm()))
-    return sum(errs) / len(errs)
+from _refimpl_helpers import layer_error as _layer_error
 
 
 def _real_layer(minilm):

@@ -12,18 +12,16 @@ import refimpl
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.core.quantizer import quantize_weight
 from refimpl.redistribution.bias_correction import correct_bias
+from _refimpl_helpers import block_inputs
 
 LAYERS = ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")
 
 
 @pytest.fixture(scope="module")
 def acts(minilm):
-    model, _, calib, heldout = minilm
-    block = model.encoder.layer[4]
-    layers = {n: block.get_submodule(n) for n in LAYERS}
-    X = capture_inputs(lambda: [run_model(model, b) for b in calib], layers)
-    Xh = capture_inputs(lambda: [run_model(model, b) for b in heldout], layers)
-    return {n: (layers[n], X[n], Xh[n]) for n in LAYERS}
+    block = minilm[0].encoder.layer[4]
+    X, Xh = block_inputs(minilm, 4, LAYERS), block_inputs(minilm, 4, LAYERS, heldout=True)
+    return {n: (block.get_submodule(n), X[n], Xh[n]) for n in LAYERS}
 
 
 @pytest.mark.parametrize("bits", [3, 4])

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import refimpl
-from refimpl.core.calib import capture_inputs, run_model
+from refimpl.core.calib import run_model
 from refimpl.core.quantizer import fake_quant, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.mechanism.gptq import gptq_quantize, gptq_with_grid
+from _refimpl_helpers import block_inputs
 
 LAYERS = ("attention.self.query", "intermediate.dense", "output.dense")
 
@@ -18,11 +19,9 @@ LAYERS = ("attention.self.query", "intermediate.dense", "output.dense")
 @pytest.fixture(scope="module")
 def acts(minilm):
     """{name: (W, X)} for three Linears of block 1, X = real calibration inputs [N, in]."""
-    model, _, calib, _ = minilm
-    block = model.encoder.layer[1]
-    layers = {n: block.get_submodule(n) for n in LAYERS}
-    X = capture_inputs(lambda: [run_model(model, b) for b in calib], layers)
-    return {n: (layers[n].weight.detach().clone(), X[n]) for n in LAYERS}
+    block = minilm[0].encoder.layer[1]
+    X = block_inputs(minilm, 1, LAYERS)
+    return {n: (block.get_submodule(n).weight.detach().clone(), X[n]) for n in LAYERS}
 
 
 def hessian(X):

@@ -6,20 +6,18 @@ import pytest
 import torch
 
 import refimpl
-from refimpl.core.calib import capture_inputs, run_model
 from refimpl.core.quantizer import fake_quant, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.scale_zero.mse_clip import clip_qparams, mse_clip_quantize
+from _refimpl_helpers import block_inputs
 
 LAYERS = ("attention.self.query", "intermediate.dense", "output.dense")
 
 
 @pytest.fixture(scope="module")
 def acts(minilm):
-    model, _, calib, _ = minilm
-    block = model.encoder.layer[2]
-    layers = {n: block.get_submodule(n) for n in LAYERS}
-    X = capture_inputs(lambda: [run_model(model, b) for b in calib], layers)
-    return {n: (layers[n].weight.detach().clone(), X[n]) for n in LAYERS}
+    block = minilm[0].encoder.layer[2]
+    X = block_inputs(minilm, 2, LAYERS)
+    return {n: (block.get_submodule(n).weight.detach().clone(), X[n]) for n in LAYERS}
 
 
 def hessian(X):

@@ -10,28 +10,8 @@ import torch
 import refimpl
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.redistribution.quarot import RotateInput, random_hadamard, rotate
-
-
-def _tiny_llama(tied=True):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.uniform_(0.5, 1.5)  # non-trivial gains, so the fold is really tested
-    return model
-
-
-def _layer_error(ref, quant, X):
-    errs = []
-    with torch.no_grad():
-        for name, x in X.items():
-            y = ref.get_submodule(name)(x)
-            errs.append(float((quant.get_submodule(name)(x) - y).norm() / y.norm()))
-    return sum(errs) / len(errs)
+from _refimpl_helpers import layer_error as _layer_error
+from _refimpl_helpers import tiny_llama as _tiny_llama
 
 
 def _kurtosis(t):
@@ -96,7 +76,7 @@ def test_w4_beats_rtn_on_real_activations(minilm, act_bits):
 
 
 def test_gptq_quantizer_goes_through_the_registry():
-    model = _tiny_llama()
+    model = _tiny_llama(True)
     calib = torch.randint(0, 64, (4, 16))
     ids = torch.randint(0, 64, (1, 16))
     with torch.no_grad():
@@ -133,7 +113,7 @@ def test_smollm2_rotation_leaves_logits_unchanged():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_quarot():
-    model = _tiny_llama().cuda()
+    model = _tiny_llama(True).cuda()
     ids = torch.randint(0, 64, (1, 16), device="cuda")
     with torch.no_grad():
         ref = model(ids).logits

@@ -11,34 +11,13 @@ import refimpl
 from refimpl.core.act import QLinear
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.redistribution.smoothquant import input_absmax, smooth, smoothing_factors
+from _refimpl_helpers import layer_error as _layer_error
+from _refimpl_helpers import tiny_llama
 
 
 def _outputs(model, batches):
     with torch.no_grad():
         return torch.cat([model(**b).last_hidden_state[0] for b in batches])
-
-
-def _layer_error(ref, quant, X):
-    """Mean relative output error of each quantized Linear on the float model's real inputs."""
-    errs = []
-    with torch.no_grad():
-        for name, x in X.items():
-            y = ref.get_submodule(name)(x)
-            errs.append(float((quant.get_submodule(name)(x) - y).norm() / y.norm()))
-    return sum(errs) / len(errs)
-
-
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.uniform_(0.5, 1.5)  # non-trivial gains, so folding is really tested
-    return model
 
 
 def test_smoothing_alone_is_exact_on_real_inputs(minilm):
@@ -52,7 +31,7 @@ def test_smoothing_alone_is_exact_on_real_inputs(minilm):
 
 
 def test_llama_smoothing_folds_into_rmsnorm_exactly():
-    model = _tiny_llama()
+    model = tiny_llama(tied=None)
     ids = torch.randint(0, 64, (2, 12))
     smoothed = copy.deepcopy(model)
     layers = find_linears(smoothed)
