@@ -29,11 +29,20 @@ build: setup
 serve: build
 	$(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
 
-test: setup
+test: setup browser-deps
 	$(PY) -m site_gen check
 	$(PY) -m site_gen build --check
 	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -q
+
+# Headless Chromium and its WebDriver for tests/browser/ (Debian packages). Installed only when
+# one is missing and we are root; otherwise nothing happens and the browser tests skip, saying why.
+.PHONY: browser-deps
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	else echo "browser-deps: chromium or chromedriver missing and not root: browser tests will skip"; fi
 
 clean:
 	rm -rf site .pytest_cache

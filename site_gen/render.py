@@ -160,8 +160,9 @@ def count_label(n: int) -> str:
 
 
 def subcategory_page(sub: dict, cat: dict, papers: list[dict], techniques: dict,
-                     papers_by_id: dict) -> str:
-    """Markdown for one sub-category: summary, mechanism, survey methods, refimpls, papers."""
+                     papers_by_id: dict, results_card: str = "") -> str:
+    """Markdown for one sub-category: summary, mechanism, survey methods, refimpls, papers.
+    `results_card`: Markdown of its techniques' measured results (site_gen.results.card)."""
     return "\n".join([
         f"# {md_text(sub['id'])} {md_text(sub['name'])}",
         "",
@@ -181,6 +182,7 @@ def subcategory_page(sub: dict, cat: dict, papers: list[dict], techniques: dict,
         "## Reference implementations",
         "",
         refimpl_section(sub.get("refimpl") or [], techniques, papers_by_id),
+        *(["## Measured results", "", results_card.rstrip(), ""] if results_card else []),
         f"## Papers ({len(papers)})",
         "",
         paper_table(papers),
@@ -204,22 +206,60 @@ def category_page(cat: dict, subs: list[tuple[dict, str, list[dict]]], technique
     return "\n".join(lines)
 
 
-def all_papers_page(papers: list[dict], sub_links: dict[str, str]) -> str:
-    """Every paper, grouped by year (newest first); `sub_links` maps sub-category id -> page path."""
+def _papers_row(p: dict, sub_links: dict[str, tuple[str, str]], refimpls: list[str]) -> str:
+    """One <tr> of the all-papers table. Every value passes through html_attr / html_text /
+    safe_url; the data-* attributes are what docs/assets/papers-filter.js filters and sorts by."""
+    subs = list(dict.fromkeys(p["subcategories"]))
+    tags = p.get("tags") or []
+    attrs = [("id", p["id"]), ("year", p["year"]), ("venue", p["venue"]), ("subs", "|".join(subs)),
+             ("tags", "|".join(tags)), ("code", "1" if safe_url(p.get("code")) else "0"),
+             ("refimpl", "|".join(refimpls))]
+    if p.get("authors"):
+        attrs.append(("authors", "; ".join(map(str, p["authors"]))))
+    url = safe_url(p.get("url"))
+    title = html_text(p["title"])
+    title = f'<a href="{html_attr(url)}">{title}</a>' if url else title
+    aliases = p.get("aliases") or []
+    if aliases:
+        title += ' <span class="atlas-aliases">(' + ", ".join(html_text(a) for a in aliases) + ")</span>"
+    sections = ", ".join(f'<a href="{html_attr(sub_links[s][0])}" title="{html_attr(sub_links[s][1])}">'
+                         f"{html_text(s)}</a>" for s in subs)
+    code = safe_url(p.get("code"))
+    cells = [html_text(p["year"]), title, html_text(p["venue"]), sections,
+             ", ".join(html_text(t) for t in tags) or "—",
+             f'<a href="{html_attr(code)}">code</a>' if code else "—",
+             ", ".join(f"<code>{html_text(t)}</code>" for t in refimpls) or "—"]
+    data = " ".join(f'data-{name}="{html_attr(value)}"' for name, value in attrs)
+    return f"<tr {data}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def all_papers_page(papers: list[dict], sub_links: dict[str, tuple[str, str]],
+                    refimpls: dict[str, list[str]], exports: tuple[str, ...] = ()) -> str:
+    """Every paper in one table, newest first, as raw HTML so that each row carries data-*
+    attributes for the client-side filter (docs/assets/papers-filter.js); without JavaScript
+    the whole table is simply shown. `sub_links` maps sub-category id -> (URL relative to this
+    page, name), `refimpls` paper id -> implemented technique ids, `exports` the file names
+    of the downloads that sit next to this page. The HTML block has no blank line, so Markdown
+    keeps it whole."""
     lines = ["# All papers", "",
              f"{count_label(len(papers))} filed under the survey's taxonomy, newest first.", ""]
-    years = sorted({p["year"] for p in papers}, reverse=True)
-    if years:
-        lines += [" · ".join(f"[{y}](#{y})" for y in years), ""]
-    for year in years:
-        group = [p for p in papers if p["year"] == year]
-        lines += [f"## {year}", "", f"{count_label(len(group))}.", "",
-                  "| Title | Venue | Sections | Code |", "|---|---|---|---|"]
-        for p in by_year_then_title(group):
-            sections = ", ".join(f"[{md_text(s)}]({sub_links[s]})" for s in p["subcategories"])
-            lines.append(f"| {paper_title_cell(p)} | {md_text(p['venue'])} | {sections} "
-                         f"| {code_cell(p)} |")
-        lines.append("")
+    if exports:
+        lines += ["Download the list: " + " · ".join(f"[{md_text(name)}]({name})" for name in exports)
+                  + " (JSON has every field; BibTeX keys are the paper ids).", ""]
+    lines += ["## Browse and filter", "",
+              "Filter and sort the table by year, venue, sub-category, tag, code and reference "
+              "implementation, or search its text; the address bar keeps the filter, so a "
+              "filtered view can be shared. (The controls need JavaScript; without it the whole "
+              "table is shown.)", "",
+              '<div id="papers-filter" class="atlas-filter"></div>',
+              f'<p id="papers-count" class="atlas-papers-count" aria-live="polite">'
+              f"{count_label(len(papers))}</p>",
+              '<table id="papers-table">',
+              "<thead><tr><th>Year</th><th>Title</th><th>Venue</th><th>Sections</th><th>Tags</th>"
+              "<th>Code</th><th>Ref. impl.</th></tr></thead>",
+              "<tbody>"]
+    lines += [_papers_row(p, sub_links, refimpls.get(p["id"], [])) for p in by_year_then_title(papers)]
+    lines += ["</tbody>", "</table>", ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
-"""The benchmark matrix: every registered post-training technique × task × setting.
+"""The benchmark matrix planner: every registered technique × task × setting, and what is cached.
 
-    python -m refimpl.bench.matrix [--task T] [--only ID ...] [--quick] [--dry-run]
+`python -m site_gen bench` runs the plan (each run in its own process); this module only decides
+what to run. `python -m refimpl.bench.matrix ...` is kept as an alias of that command.
 
 Settings, generated from the registry (never from a hand-kept list of techniques):
 - every ptq-weight / ptq-weight-act technique: 2, 3 and 4 bits, group 64, asymmetric;
@@ -8,21 +9,26 @@ Settings, generated from the registry (never from a hand-kept list of techniques
 - rtn, smoothquant and quarot also W8A8 and W4A8 (per-channel symmetric weights,
   per-token activations);
 - quarot also with quantizer=gptq (rotation, then GPTQ) at 2, 3 and 4 bits, group 64;
-- format techniques: only their natural bit-widths, group (block) 64.
-A record whose config, code hash (the technique's file and the refimpl modules it imports), torch version and task version match is not
-recomputed; a record from another commit stays valid while none of that changed (its own
-provenance still names the commit that produced it, and the site shows it).
+- format techniques: only their natural bit-widths, group (block) 64;
+- tasks that declare their own grid (digits-cnn: W8A8 ... W2A2, mixed precision at 3 bits):
+  that grid, per-channel symmetric weights.
+`--quick` keeps one setting per technique and task (4-bit; W4A8 on digits-cnn) and, unless
+`--only`/`--task` say otherwise, the slice in QUICK: every post-training technique on
+digits-cnn and rtn on minilm-layers (a couple of minutes on 2 cores).
+A record whose config, code hash (the technique's file and the refimpl modules it imports),
+torch version and task version match is not recomputed; a record from another commit stays
+valid while none of that changed (its own provenance still names the commit that produced it,
+and the site shows it).
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from refimpl.bench import records
-from refimpl.bench.runner import RunSpec, config_of, run, setting_of, validate
-from refimpl.bench.tasks import TASKS, get_task
-from refimpl.core.registry import all_techniques
+from refimpl.bench.runner import PTQ_KINDS, RunSpec, config_of, setting_of, validate
+from refimpl.bench.tasks import TASKS
+from refimpl.core.registry import Technique, all_techniques
 
 FINE_GRANULARITY = ("rtn", "gptq")          # also g128 and per-channel
 WEIGHT_ACT = ("rtn", "smoothquant", "quarot")  # also W8A8 and W4A8
@@ -31,6 +37,8 @@ EXTRA_OPTIONS = {"quarot": ({"quantizer": "gptq"},)}  # QuaRot's rotation follow
 DEFAULT_SECONDS = {("smollm2-ppl", False): 40, ("smollm2-ppl", True): 150,
                    ("minilm-layers", False): 10, ("minilm-layers", True): 30}
 DEFAULT_OTHER_TASK_SECONDS = 5
+# the --quick slice when neither --only nor --task narrows it: task -> which techniques
+QUICK = {"digits-cnn": lambda t: t.kind in PTQ_KINDS, "minilm-layers": lambda t: t.id == "rtn"}
 
 
 def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], list[str]]:
@@ -48,8 +56,11 @@ def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], l
         if quick:
             bits = [4] if 4 in bits else bits[:1]
         return [RunSpec(tech.id, task_id, bits=b, group_size=64) for b in bits], skipped
-    bit_list = (4,) if quick else (2, 3, 4)
-    allowed = [b for b in bit_list if tech.bits is None or b in tech.bits]
+    if tech.bits is None:
+        allowed = [4] if quick else [2, 3, 4]
+    else:   # a technique with its own bit-widths (xnor: 1, twn: 2) runs at those up to 4 bits
+        own = sorted(b for b in tech.bits if b <= 4) or [min(tech.bits)]
+        allowed = [min(own, key=lambda b: abs(b - 4))] if quick else own
     out = [RunSpec(tech.id, task_id, bits=b, group_size=64) for b in allowed]
     if quick:
         return out, skipped
@@ -71,14 +82,15 @@ def task_settings(tech, task, quick: bool) -> list[RunSpec]:
     """Tasks that declare their own (bits, act_bits) grid (digits-cnn): per-channel symmetric
     weights at every setting the technique supports; mixed-precision reads bits as a budget."""
     grid = task.MIXED_SETTINGS if tech.kind == "mixed-precision" else task.SETTINGS
-    if quick:
+    grid = [(w, a) for w, a in grid if tech.bits is None or w in tech.bits]
+    if quick:   # the second setting (W4A8 on digits-cnn): the first one is nearly lossless
         grid = grid[1:2] if len(grid) > 1 else grid
-    return [RunSpec(tech.id, task.id, bits=w, group_size=None, sym=True, act_bits=a) for w, a in grid
-            if tech.bits is None or w in tech.bits]
+    return [RunSpec(tech.id, task.id, bits=w, group_size=None, sym=True, act_bits=a) for w, a in grid]
 
 
-def is_fresh(spec: RunSpec, out_dir) -> bool:
-    """A matching record exists: same config, technique source, torch and task version."""
+def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:
+    """A matching record exists: same config, code hash (technique + the refimpl modules it
+    imports), torch and task version. `now`: records.provenance(tech), when already computed."""
     tech, task = validate(spec)
     config = config_of(spec, tech, task)
     path = records.record_path(out_dir, task.id, tech.id, setting_of(spec, task, config["calib"]))
@@ -86,7 +98,7 @@ def is_fresh(spec: RunSpec, out_dir) -> bool:
     if not isinstance(old, dict):
         return False
     prov = old.get("provenance") or {}
-    now = records.provenance(tech)
+    now = now or records.provenance(tech)
     return (old.get("config") == config
             and prov.get("code_sha256") == now["code_sha256"]
             and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
@@ -103,68 +115,89 @@ def estimate_seconds(spec: RunSpec, tech, out_dir) -> float:
     return DEFAULT_SECONDS.get((spec.task, tech.needs_calib), DEFAULT_OTHER_TASK_SECONDS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m refimpl.bench.matrix", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", action="append", choices=sorted(TASKS), help="only this task (repeatable)")
-    p.add_argument("--only", nargs="+", metavar="ID", help="only these technique ids")
-    p.add_argument("--quick", action="store_true", help="one setting per technique (4-bit, group 64)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and the time estimate, run nothing")
-    p.add_argument("--force", action="store_true", help="re-run even when a matching record exists")
-    p.add_argument("--out", default=str(records.RESULTS), help="results folder (default: results/)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for every run")
-    args = p.parse_args(argv)
+def setting_label(spec: RunSpec) -> str:
+    """The record's file name stem for `spec` (e.g. w4-pc-sym-a8)."""
+    tech, task = validate(spec)
+    return setting_of(spec, task, config_of(spec, tech, task)["calib"])
+
+
+@dataclass
+class Planned:
+    spec: RunSpec
+    tech: Technique
+    setting: str
+    estimate_s: float
+
+
+@dataclass
+class Plan:
+    todo: list[Planned] = field(default_factory=list)
+    cached: list[Planned] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # "why" lines: unsupported task, group size
+    invalid: list[tuple[RunSpec, str]] = field(default_factory=list)  # specs validate() refuses
+
+
+def select(only: list[str] | None, tasks: list[str] | None, quick: bool) -> list[tuple[Technique, str]]:
+    """(technique, task) pairs to plan; ValueError names an unknown id. `only`/`tasks` narrow
+    the registry; with `quick` and neither given, the QUICK slice."""
     techs = all_techniques()
-    if args.only:
-        unknown = sorted(set(args.only) - {t.id for t in techs})
-        if unknown:
-            print(f"error: --only: unknown technique(s) {', '.join(unknown)}", file=sys.stderr)
-            return 2
-        techs = [t for t in techs if t.id in args.only]
-    tasks = args.task or sorted(TASKS)
-    todo, skipped_notes, fresh = [], [], 0
+    known = {t.id for t in techs}
+    unknown = sorted(set(only or ()) - known)
+    if unknown:
+        raise ValueError(f"only: unknown technique(s) {', '.join(unknown)}; see `python -m refimpl list`")
+    bad_tasks = sorted(set(tasks or ()) - set(TASKS))
+    if bad_tasks:
+        raise ValueError(f"task: unknown task(s) {', '.join(bad_tasks)}; known: {', '.join(sorted(TASKS))}")
+    if only:
+        techs = [t for t in techs if t.id in only]
+    task_ids = list(tasks) if tasks else sorted(TASKS)
+    if quick and not tasks:
+        task_ids = [t for t in task_ids if t in QUICK]
+    pairs = []
     for tech in techs:
-        for task_id in tasks:
-            if task_id not in tech.tasks:
-                skipped_notes.append(f"{tech.id}: does not support {task_id}")
+        for task_id in task_ids:
+            if quick and not only and task_id in QUICK and not QUICK[task_id](tech):
                 continue
-            specs, notes = specs_for(tech, task_id, args.quick)
-            skipped_notes += notes
-            for spec in specs:
-                spec.threads = args.threads
-                if not args.force and is_fresh(spec, args.out):
-                    fresh += 1
-                else:
-                    todo.append((spec, tech))
-    # the fast task first, so that a broken technique shows up within minutes
-    todo.sort(key=lambda st: (st[0].task != "minilm-layers", tasks.index(st[0].task)))
-    for note in skipped_notes:
-        print(f"skip: {note}")
-    total = sum(estimate_seconds(s, t, args.out) for s, t in todo)
-    print(f"{len(todo)} runs to do, {fresh} up to date; estimated {total / 60:.0f} min")
-    if args.dry_run:
-        for spec, tech in todo:
-            task = get_task(spec.task)
-            print(f"  {spec.task:<14} {tech.id:<12} {setting_of(spec, task, config_of(spec, tech, task)['calib'])}")
-        return 0
-    failures = []
-    start = time.perf_counter()
-    for i, (spec, tech) in enumerate(todo, 1):
-        label = f"[{i}/{len(todo)}] {spec.task} {tech.id} w{spec.bits} g{spec.group_size} " \
-                f"{'sym' if spec.sym else 'asym'}{'' if spec.act_bits is None else f' a{spec.act_bits}'}"
-        try:
-            rec = run(spec, out_dir=args.out, progress=sys.stderr.isatty())
-        except Exception as exc:  # one broken technique must not stop the matrix; reported below
-            failures.append(f"{label}: {type(exc).__name__}: {exc}")
-            print(f"{label}  FAILED: {type(exc).__name__}: {exc}", flush=True)
+            pairs.append((tech, task_id))
+    return pairs
+
+
+def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick: bool = False,
+         force: bool = False, out_dir: Path | str = records.RESULTS, threads: int | None = None) -> Plan:
+    """Every run of the selection, split into to-do and cached (a fresh record exists)."""
+    result = Plan()
+    code_now: dict[str, dict] = {}
+    for tech, task_id in select(only, tasks, quick):
+        if task_id not in tech.tasks:
+            if only or tasks:   # an explicit request the registry cannot serve: say so
+                result.skipped.append(f"{tech.id}: does not support {task_id}")
             continue
-        primary = get_task(spec.task).primary
-        print(f"{label}  {primary}={rec['metrics'][primary]:.4g} (fp32 {rec['fp_baseline'][primary]:.4g}) "
-              f"{rec['timing']['wall_s']:.0f} s", flush=True)
-    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; {len(failures)} failed")
-    for f in failures:
-        print(f"  {f}")
-    return 1 if failures else 0
+        specs, notes = specs_for(tech, task_id, quick)
+        result.skipped += notes
+        for spec in specs:
+            spec.threads = threads
+            try:
+                setting = setting_label(spec)
+            except ValueError as exc:
+                result.invalid.append((spec, str(exc)))
+                continue
+            item = Planned(spec, tech, setting, estimate_seconds(spec, tech, out_dir))
+            if tech.id not in code_now:   # hashing the sources and asking git once per technique
+                code_now[tech.id] = records.provenance(tech)
+            fresh = not force and is_fresh(spec, out_dir, code_now[tech.id])
+            (result.cached if fresh else result.todo).append(item)
+    # the fast tasks first, so that a broken technique shows up within minutes
+    speed = {"digits-cnn": 0, "minilm-layers": 1}
+    result.todo.sort(key=lambda p: speed.get(p.spec.task, 2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Alias of `python -m site_gen bench` (same options)."""
+    from site_gen.bench import main as bench_main
+    return bench_main(argv)
 
 
 if __name__ == "__main__":
+    import sys
     sys.exit(main())

@@ -105,11 +105,26 @@ def _coerce(key: str, value, default):
             return int(value)
         if isinstance(default, float):
             return float(value)
+        if isinstance(default, tuple):     # "3,4,8" -> (3, 4, 8)
+            return tuple(_number(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"option {key}: expected a {type(default).__name__}, got {value!r}") from None
-    if default is None and value.lower() == "none":
-        return None
+    if default is None:                    # no type to go by: None, a number, or the text itself
+        if value.lower() == "none":
+            return None
+        try:
+            return _number(value)
+        except ValueError:
+            return value
     return value
+
+
+def _number(text: str):
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def setting_of(spec: RunSpec, task: Task, calib: dict | None) -> str:
@@ -132,7 +147,7 @@ def config_of(spec: RunSpec, tech: Technique, task: Task) -> dict:
     """The full configuration written to (and compared against) a record."""
     harness_acts = task.static_acts and spec.act_bits is not None and tech.kind in PTQ_KINDS
     data_free = tech.kind == "data-free" and spec.options.get("source") != "real"
-    needs = wants_calib(tech, spec.options) or harness_acts or tech.kind in ("qat", "mixed-precision", "diffusion")
+    needs = wants_calib(tech, spec.options) or harness_acts or tech.kind in ("qat", "mixed-precision", "diffusion", "ptq-block")
     calib = ({"n": spec.calib_n or task.calib_n, "seq": spec.calib_seq or task.calib_seq}
              if needs and not data_free else None)
     return {"bits": spec.bits, "group_size": spec.group_size, "sym": spec.sym, "act_bits": spec.act_bits,

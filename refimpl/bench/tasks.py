@@ -260,3 +260,7 @@ def get_task(task_id: str) -> Task:
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ValueError(f"task: unknown task {task_id!r}{hint}; known: {', '.join(sorted(TASKS))}")
     return TASKS[task_id]()
+
+
+# digits-ddpm (refimpl/bench/ddpm.py) adds itself to TASKS when imported; it imports Task from here
+import refimpl.bench.ddpm  # noqa: E402,F401

@@ -15,6 +15,7 @@ Per-layer weight bit-widths are recorded as the attribute `quant_bits` on each n
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 from refimpl.core.act import set_module
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.data import Labelled
-from refimpl.core.quantizer import fake_quant_ste, from_groups, minmax_qparams, to_groups
+from refimpl.core.quantizer import fake_quant_ste, from_groups, minmax_qparams, qrange, round_ste, to_groups
 
 
 class WeightQuant(nn.Module):
@@ -58,6 +59,11 @@ class ActQuant(nn.Module):
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
 
+    def reset(self) -> None:
+        """Forget the observed range (calibration starts from here)."""
+        self.lo.fill_(float("inf"))
+        self.hi.fill_(float("-inf"))
+
     def observe(self, x: torch.Tensor) -> None:
         self.lo = torch.minimum(self.lo, x.detach().min().to(self.lo))
         self.hi = torch.maximum(self.hi, x.detach().max().to(self.hi))
@@ -73,6 +79,89 @@ class ActQuant(nn.Module):
             return x
         s, z = self.qparams()
         return fake_quant_ste(x, s.reshape(()), z.reshape(()), self.bits, self.sym)
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """x in the forward pass, g · ∂L/∂x in the backward pass (LSQ's step-size gradient scale)."""
+    return (x - x * g).detach() + x * g
+
+
+def lsq_fake_quant(v: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """v̂ = s · round(clamp(v/s, Qn, Qp)), round by STE. Clamping before rounding gives LSQ's
+    gradients exactly: ∂v̂/∂s = round(v/s) − v/s inside the range, Qn or Qp outside, and
+    ∂v̂/∂v = 1[inside] (rounding first would let v up to half a step beyond the range through)."""
+    return s * round_ste(torch.clamp(v / s, qmin, qmax))
+
+
+class LSQWeightQuant(WeightQuant):
+    """Learned step size (LSQ) for a weight: one trainable step s per output channel (or group).
+
+    Ŵ = s · round(clamp(W/s, Qn, Qp)) on the symmetric grid Qn = −2^(b−1), Qp = 2^(b−1) − 1.
+    Init s = 2·mean|W| / √Qp over the weights that share s; the gradient reaching s is scaled by
+    g = 1/√(N·Qp), N = number of weights sharing s (the per-channel reading of the paper's N_W).
+    The gradient w.r.t. s is LSQ's: −W/s + round(W/s) inside the range, Qn or Qp outside
+    (`lsq_fake_quant`).
+    """
+
+    def __init__(self, W: torch.Tensor, bits: int, group_size: int | None = None):
+        super().__init__(bits, group_size, sym=True)
+        Wg = to_groups(W.detach(), group_size)
+        _, qmax = qrange(bits, True)
+        self.qmax = max(qmax, 1)    # 1 bit: the grid {−s, 0}; Qp = 0 would leave s undefined
+        self.g = 1.0 / math.sqrt(Wg.shape[-1] * self.qmax)
+        init = 2 * Wg.abs().mean(dim=-1, keepdim=True) / math.sqrt(self.qmax)
+        self.s = nn.Parameter(torch.where(init > 0, init, torch.ones_like(init)))
+
+    def qparams(self, Wg: torch.Tensor):
+        return grad_scale(self.s, self.g), torch.zeros_like(self.s)
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        qmin, qmax = qrange(self.bits, True)
+        return from_groups(lsq_fake_quant(to_groups(W, self.group_size), self.qparams(W)[0], qmin, qmax))
+
+
+class LSQActQuant(ActQuant):
+    """Learned step size for an activation, one per tensor; calibration sets its initial value.
+
+    Unsigned grid [0, 2^b − 1] when the calibrated range is non-negative (inputs after ReLU),
+    the symmetric signed grid otherwise. Init s = 2·mean|x| / √Qp over the calibration data;
+    gradient scale g = 1/√(N·Qp), N = features per example (x.numel() / batch), as in the paper.
+    """
+
+    def __init__(self, bits: int):
+        super().__init__(bits, sym=False)
+        self.s = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("abs_sum", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+
+    def reset(self) -> None:
+        super().reset()
+        self.abs_sum.zero_()
+        self.count.zero_()
+
+    def grid(self) -> tuple[int, int]:
+        return qrange(self.bits, sym=bool(self.lo < 0))
+
+    def observe(self, x: torch.Tensor) -> None:
+        super().observe(x)
+        self.abs_sum += x.detach().abs().sum().to(self.abs_sum)
+        self.count += x.numel()
+        qmax = max(self.grid()[1], 1)
+        with torch.no_grad():
+            self.s.fill_(float(2 * self.abs_sum / self.count / math.sqrt(qmax)))
+            if self.s <= 0:
+                self.s.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x)
+            return x
+        if not torch.isfinite(self.lo):
+            raise RuntimeError("activation quantizer used before calibration (call calibrate first)")
+        qmin, qmax = self.grid()
+        n_features = x.numel() // max(x.shape[0], 1)
+        s = grad_scale(self.s, 1.0 / math.sqrt(n_features * max(qmax, 1)))
+        return lsq_fake_quant(x, s, qmin, qmax)
 
 
 class QuantLinear(nn.Module):
@@ -151,8 +240,7 @@ def calibrate(model: nn.Module, batches: list) -> None:
     if not batches:
         raise ValueError("calib: activation quantization needs calibration batches")
     for q in quantizers:
-        q.lo.fill_(float("inf"))
-        q.hi.fill_(float("-inf"))
+        q.reset()
         q.observing = True
     try:
         for batch in batches:
@@ -171,34 +259,57 @@ def quantize_activations(model: nn.Module, act_bits: int, batches: list, skip=("
     calibrate(model, batches)
 
 
-def train(model: nn.Module, data: Labelled, *, steps: int, lr: float, batch_size: int = 64, seed: int = 0,
-          loss_fn: Callable | None = None, extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-          params: list | None = None, on_step: Callable[[int], None] | None = None) -> list[float]:
-    """Adam on `params` (default: every trainable parameter) for `steps` mini-batches.
+SCHEDULES = ("constant", "cosine")
 
-    BatchNorm stays in eval mode (statistics frozen, as is usual when fine-tuning a quantized
-    network briefly); gradients still reach its affine parameters. `extra_loss(model, x, y)` adds
-    a regulariser or distillation term. Returns the loss per step.
-    """
+
+def check_train_options(steps, lr, batch_size=64, schedule="constant") -> None:
+    """Refuse bad training options before anything is changed (ValueError naming the option)."""
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
+def train(model: nn.Module, data: Labelled, *, steps: int, lr: float, batch_size: int = 64, seed: int = 0,
+          loss_fn: Callable | None = None, extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          params: list | None = None, on_step: Callable[[int], None] | None = None,
+          objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          schedule: str = "constant") -> list[float]:
+    """Adam on `params` (default: every trainable parameter; or Adam parameter groups, dicts with
+    their own lr) for `steps` mini-batches.
+
+    BatchNorm stays in eval mode (statistics frozen, as is usual when fine-tuning a quantized
+    network briefly); gradients still reach its affine parameters. `extra_loss(model, x, y)` adds
+    a regulariser; `objective(model, x, y)` replaces `loss_fn(model(x), y)` altogether (for losses
+    that need the input, such as distillation from a teacher). `schedule="cosine"` decays every
+    learning rate to 0 over the steps (a fine-tune then ends still, not mid-jump). Returns the loss
+    per step.
+    """
+    check_train_options(steps, lr, batch_size, schedule)
     loss_fn = loss_fn or F.cross_entropy
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    params = list(params if params is not None else model.parameters())
+    if params and isinstance(params[0], dict):   # Adam parameter groups, e.g. step sizes at their own lr
+        params = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
     device = next(model.parameters()).device
     model.eval()
     losses, step, epoch = [], 0, 0
     while step < steps:
         for x, y in data.batches(batch_size, seed + epoch, device):
-            loss = loss_fn(model(x), y)
+            loss = objective(model, x, y) if objective is not None else loss_fn(model(x), y)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(loss.item())
             if on_step is not None:
                 on_step(step)
@@ -207,6 +318,33 @@ def train(model: nn.Module, data: Labelled, *, steps: int, lr: float, batch_size
                 break
         epoch += 1
     return losses
+
+
+def draw_seed() -> int:
+    """A seed for the mini-batch order drawn from torch's generator, so that a caller's
+    torch.manual_seed (the harness seeds it with the run's seed) fixes the whole run."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def quantize_aware_train(model: nn.Module, cfg, data, technique: str, *, steps: int, lr: float,
+                         weight_quant=None, act_quant=None, **train_options) -> nn.Module:
+    """The QAT recipe every training-time technique shares: wrap (prepare), set static activation
+    ranges on the calibration batches, fine-tune on the training data, bake the weights (freeze).
+
+    `weight_quant` / `act_quant` are prepare's factories; `train_options` go to `train`
+    (extra_loss, objective, params, on_step, batch_size, schedule); `params` may be a function of the
+    prepared model (the quantizers' own parameters exist only after prepare). Returns the model,
+    ready to evaluate.
+    """
+    check_train_options(steps, lr, train_options.get("batch_size", 64), train_options.get("schedule", "constant"))
+    train_data = data.need("train", technique)
+    calib = data.need("calib", technique) if cfg.act_bits is not None else None
+    prepare(model, cfg, weight_quant=weight_quant, act_quant=act_quant)
+    calibrate(model, calib)
+    if callable(train_options.get("params")):
+        train_options["params"] = train_options["params"](model)
+    train(model, train_data, steps=steps, lr=lr, seed=draw_seed(), **train_options)
+    return freeze(model)
 
 
 @torch.no_grad()

@@ -20,7 +20,9 @@ from typing import Callable
 #   ptq-weight-act  same signature; also quantizes the inputs of Linear layers to cfg.act_bits
 #   format          same signature; weights are cast to a number format (cfg.bits is implied)
 #   qat / mixed-precision / data-free / diffusion: declared by their own issues
-KINDS = ("ptq-weight", "ptq-weight-act", "format", "qat", "mixed-precision", "data-free", "diffusion")
+#   ptq-block       fn(model, cfg, data: TaskData, **opts) -> model; post-training reconstruction that
+#                   quantizes activations itself while it learns (QDrop): it reads only data.calib
+KINDS = ("ptq-weight", "ptq-weight-act", "format", "qat", "mixed-precision", "data-free", "diffusion", "ptq-block")
 
 _REGISTRY: dict[str, "Technique"] = {}
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,1 @@
+"""3.8 Others: techniques the survey files apart from the seven families (QDrop)."""

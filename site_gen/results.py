@@ -1,0 +1,438 @@
+"""Measured results on the site: reading results/, provenance flags, tables, charts, leaderboards.
+
+Records are read from `results/<task>/<technique>/<setting>.json` (written by `site_gen bench`;
+files starting with "_" are bookkeeping, not records). Nothing here runs a model.
+
+Provenance is never mixed silently. The reference is the newest record (by its date): a record
+from another commit is marked "older commit", from another torch "other torch", from an older
+task version "older task version", and one whose code hash (technique file + the refimpl modules
+it imports) differs from the code now in the tree "code changed since". The marks do not depend
+on the git HEAD, so committing does not make the generated pages stale; editing a technique does.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from site_gen import plots
+from site_gen.render import md_text
+
+REQUIRED = ("technique", "task", "setting", "config", "metrics", "fp_baseline", "provenance", "timing")
+CONFIG_KEYS = ("bits", "group_size", "sym", "act_bits")
+# metrics shown beside the primary one, per task; other tasks show their primary metric only
+KEY_METRICS = {"minilm-layers": ("output_rel_err", "cosine"), "smollm2-ppl": ()}
+PLOTS = "generated/plots"
+
+
+def _build_error(message: str) -> Exception:
+    from site_gen.build import BuildError   # imported late: build imports this module
+    return BuildError(message)
+
+
+def fmt(value) -> str:
+    """Numbers with 4 significant digits; anything else as escaped text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else md_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return md_text(value)
+    return f"{value:.4g}"
+
+
+def load_records(root: Path) -> list[dict]:
+    """Every record under root/results, sorted by path; BuildError names each unusable file."""
+    folder = root / "results"
+    out, problems = [], []
+    for path in sorted(folder.glob("*/*/*.json")):
+        rel = path.relative_to(root).as_posix()
+        if path.name.startswith("_"):
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(f"{rel}: not readable JSON ({type(exc).__name__})")
+            continue
+        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
+            problems.append(f"{rel}: a result record needs the fields {', '.join(REQUIRED)}")
+        elif not isinstance(rec["config"], dict) or any(k not in rec["config"] for k in CONFIG_KEYS):
+            problems.append(f"{rel}: `config` needs {', '.join(CONFIG_KEYS)}")
+        elif [rec["task"], rec["technique"]] != list(path.parts[-3:-1]):
+            problems.append(f"{rel}: its task/technique fields do not match its folder")
+        else:
+            out.append(dict(rec, _file=rel))
+    if problems:
+        raise _build_error("\n".join(problems))
+    return out
+
+
+def load_failures(root: Path) -> list[dict]:
+    data = _read(root / "results" / "_failures.json")
+    items = data.get("failures") if isinstance(data, dict) else None
+    return [f for f in items or [] if isinstance(f, dict)]
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- settings and labels
+
+def col_key(rec: dict) -> tuple:
+    c = rec["config"]
+    return (c["bits"], c["group_size"], bool(c["sym"]), c["act_bits"])
+
+
+def col_order(key: tuple) -> tuple:
+    """Left to right: weight-only before weight+activation, then more bits, then coarser groups."""
+    bits, group, sym, act = key
+    return (-(act if act is not None else 99), -bits, -(group or 10**6), sym)
+
+
+def col_label(key: tuple) -> str:
+    bits, group, sym, act = key
+    w = f"W{bits}" + (f"A{act}" if act is not None else "")
+    return f"{w} {f'g{group}' if group else 'per-channel'} {'sym' if sym else 'asym'}"
+
+
+def variant(rec: dict) -> str:
+    """What else distinguishes the record's setting: options, seed, calibration (e.g. quantizer=gptq)."""
+    from refimpl.bench.records import setting_name
+    base = setting_name(*col_key(rec))
+    setting = rec["setting"]
+    if setting == base:
+        return ""
+    return setting[len(base) + 1:] if setting.startswith(base + "-") else setting
+
+
+def avg_bits(rec: dict) -> tuple[float, bool]:
+    """(bits per weight, exact?). Records that measured it say so; otherwise bits plus an fp16
+    scale per group (and an fp16 zero-point when asymmetric); per-channel overhead is ignored."""
+    measured = rec["metrics"].get("avg_bits")
+    if isinstance(measured, (int, float)):
+        return float(measured), True
+    bits, group, sym, _ = col_key(rec)
+    return bits + ((16 if sym else 32) / group if group else 0.0), False
+
+
+# ---------------------------------------------------------------- the collection
+
+@dataclass
+class Results:
+    records: list[dict]
+    tasks: dict[str, type]                 # task id -> refimpl task class
+    names: dict[str, str]                  # technique id -> display name
+    code_now: dict[str, str] = field(default_factory=dict)
+    ref: dict = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+
+    def of(self, task: str, technique: str | None = None) -> list[dict]:
+        return [r for r in self.records if r["task"] == task and technique in (None, r["technique"])]
+
+    def tasks_of(self, technique: str) -> list[str]:
+        return sorted({r["task"] for r in self.records if r["technique"] == technique})
+
+    def find(self, task: str, technique: str, key: tuple, var: str = "") -> dict | None:
+        return next((r for r in self.of(task, technique) if col_key(r) == key and variant(r) == var), None)
+
+    def primary(self, task: str) -> tuple[str, bool]:
+        cls = self.tasks.get(task)
+        return (cls.primary, cls.higher_is_better) if cls else ("", False)
+
+    def flags(self, rec: dict) -> list[str]:
+        prov = rec["provenance"] if isinstance(rec["provenance"], dict) else {}
+        out = []
+        if prov.get("git_commit") != self.ref.get("commit"):
+            out.append(f"older commit {str(prov.get('git_commit'))[:7]}")
+        if prov.get("torch") != self.ref.get("torch"):
+            out.append(f"other torch {prov.get('torch')}")
+        cls = self.tasks.get(rec["task"])
+        if cls is not None and rec.get("task_version", cls.version) != cls.version:
+            out.append("older task version")
+        now = self.code_now.get(rec["technique"])
+        if now and prov.get("code_sha256") != now:
+            out.append("code changed since")
+        return out
+
+
+def collect(root: Path, techniques: dict[str, dict]) -> Results:
+    """Records of registered techniques on known tasks, with the reference provenance."""
+    try:
+        from refimpl.bench.tasks import TASKS
+    except ImportError:
+        TASKS = {}
+    records = [r for r in load_records(root) if r["technique"] in techniques and r["task"] in TASKS]
+    names = {tid: t.get("name", tid) for tid, t in techniques.items()}
+    code_now = {}
+    if records:
+        from refimpl.bench.records import code_sha256
+        from refimpl.core.registry import get
+        for tid in sorted({r["technique"] for r in records}):
+            code_now[tid] = code_sha256(get(tid))
+    ref = {}
+    if records:
+        newest = max(records, key=lambda r: (str(r["provenance"].get("date")), r["_file"]))
+        ref = {"commit": newest["provenance"].get("git_commit"), "torch": newest["provenance"].get("torch"),
+               "date": newest["provenance"].get("date")}
+    return Results(records, dict(TASKS), names, code_now, ref, load_failures(root))
+
+
+# ---------------------------------------------------------------- provenance text
+
+def provenance_line(recs: list[dict], res: Results) -> str:
+    """Commit, date, torch, CPU, threads, seed and wall time of `recs`, each value once."""
+    def values(get):
+        seen = sorted({str(get(r)) for r in recs})
+        return ", ".join(md_text(v) for v in seen)
+    prov = lambda r: r["provenance"]  # noqa: E731
+    total = sum(float(r["timing"].get("wall_s") or 0) for r in recs)
+    line = (f"Provenance: commit {values(lambda r: str(prov(r).get('git_commit'))[:7])}"
+            f" · {values(lambda r: str(prov(r).get('date'))[:10])}"
+            f" · torch {values(lambda r: prov(r).get('torch'))}"
+            f" · {values(lambda r: prov(r).get('cpu'))}"
+            f" ({values(lambda r: prov(r).get('threads'))} threads)"
+            f" · seed {values(lambda r: r['config'].get('seed'))}"
+            f" · wall {total:.1f} s over {len(recs)} run{'s' if len(recs) != 1 else ''}.")
+    flagged = [r for r in recs if res.flags(r)]
+    if flagged:
+        line += (f" **{len(flagged)} marked †** (reference: the newest record, commit "
+                 f"{md_text(str(res.ref.get('commit'))[:7])}, torch {md_text(res.ref.get('torch'))}).")
+    return line
+
+
+def _mark(rec: dict, res: Results) -> str:
+    return " †" if res.flags(rec) else ""
+
+
+# ---------------------------------------------------------------- technique results
+
+def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
+                     board_dir: str = "../results") -> tuple[str, dict[str, str]]:
+    """The "Results" section of a technique page and its charts {path under docs/: svg}."""
+    tasks = res.tasks_of(tid)
+    if not tasks:
+        return ("_Not measured yet._ Run `python -m site_gen bench --only "
+                f"{md_text(tid)}` to produce the records.\n", {})
+    lines, charts = [], {}
+    for task in tasks:
+        primary, higher = res.primary(task)
+        recs = sorted(res.of(task, tid), key=lambda r: (variant(r), col_order(col_key(r))))
+        extra = [m for m in KEY_METRICS.get(task, ()) if m != primary]
+        show_rtn = tid != "rtn"
+        head = ["Setting", f"{md_text(primary)} ({'higher' if higher else 'lower'} is better)"]
+        head += ["rtn"] * show_rtn + ["fp32"] + [md_text(m) for m in extra] + ["bits/weight", "wall s", "note"]
+        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in recs:
+            setting = col_label(col_key(r)) + (f" · {variant(r)}" if variant(r) else "")
+            rtn = res.find(task, "rtn", col_key(r)) if show_rtn else None
+            bits, exact = avg_bits(r)
+            cells = [md_text(setting), fmt(r["metrics"].get(primary))]
+            cells += [fmt(rtn["metrics"].get(primary)) if rtn else "—"] * show_rtn
+            cells += [fmt(r["fp_baseline"].get(primary))] + [fmt(r["metrics"].get(m)) for m in extra]
+            cells += [("" if exact else "≈") + f"{bits:.3g}", fmt(r["timing"].get("wall_s")),
+                      ("† " + md_text("; ".join(res.flags(r)))) if res.flags(r) else ""]
+            rows.append("| " + " | ".join(cells) + " |")
+        desc = res.tasks[task].description
+        lines += [f"### {md_text(task)}", "", md_text(desc), "", *rows, "",
+                  f"All techniques on this task: [leaderboard {md_text(task)}]({board_dir}/{task}.md).", ""]
+        name = f"{tid}--{task}.svg"
+        charts[f"{PLOTS}/{name}"] = plots.svg(technique_chart(tid, task, recs, res), cache)
+        lines += [f"![{md_text(res.names.get(tid, tid))} on {md_text(task)}: {md_text(primary)} "
+                  f"against bits]({plot_dir}/{name})", "", provenance_line(recs, res), ""]
+    return "\n".join(lines), charts
+
+
+def _series_key(rec: dict) -> tuple:
+    bits, group, sym, act = col_key(rec)
+    return (group or 0, sym, act if act is not None else 0, variant(rec))
+
+
+def _series_label(key: tuple) -> str:
+    group, sym, act, var = key
+    parts = [f"g{group}" if group else "per-channel", "sym" if sym else "asym"]
+    parts += [f"A{act}"] if act else []
+    return " ".join(parts + ([var] if var else []))
+
+
+def technique_chart(tid: str, task: str, recs: list[dict], res: Results) -> dict:
+    """Primary metric against weight bits: one line per (granularity, activation bits, options),
+    rtn at the same settings dashed in the same colour, fp32 as a dotted reference line."""
+    primary, _ = res.primary(task)
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(_series_key(r), []).append(r)
+    series, all_y = [], []
+    for i, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        members.sort(key=lambda r: r["config"]["bits"])
+        pts = [(r["config"]["bits"], r["metrics"].get(primary)) for r in members]
+        pts = [(x, y) for x, y in pts if isinstance(y, (int, float)) and math.isfinite(y)]
+        label = f"{tid} {_series_label(key)}"
+        series.append({"label": label, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "color": i,
+                       "line": "-", "marker": "o"})
+        all_y += [p[1] for p in pts]
+        if tid != "rtn" and not key[3]:
+            rtn = [res.find(task, "rtn", col_key(r)) for r in members]
+            rpts = [(r["config"]["bits"], r["metrics"].get(primary)) for r in rtn if r]
+            rpts = [(x, y) for x, y in rpts if isinstance(y, (int, float)) and math.isfinite(y)]
+            if rpts:
+                series.append({"label": f"rtn {_series_label(key)}", "x": [p[0] for p in rpts],
+                               "y": [p[1] for p in rpts], "color": i, "line": "--", "marker": "x"})
+                all_y += [p[1] for p in rpts]
+    fp = recs[0]["fp_baseline"].get(primary) if recs else None
+    hlines = [{"label": "fp32", "y": fp}] if isinstance(fp, (int, float)) else []
+    xs = sorted({x for s in series for x in s["x"]})
+    return plots.chart(f"{res.names.get(tid, tid)} on {task}", "weight bits", primary, series,
+                       logy=_wide(all_y), hlines=hlines, xticks=xs)
+
+
+def _wide(ys: list[float]) -> bool:
+    """Log scale when the values are positive and span more than a factor of 20."""
+    pos = [y for y in ys if y > 0]
+    return bool(pos) and len(pos) == len(ys) and max(pos) / min(pos) > 20
+
+
+# ---------------------------------------------------------------- cards, leaderboards, Pareto
+
+def card(tids: list[str], res: Results, page_links: dict[str, str]) -> str:
+    """The sub-category page's results card: each technique's primary metric at its settings
+    (default options), rtn and fp32 beside it, and a link to the full table."""
+    lines = []
+    for tid in tids:
+        if tid not in res.names:
+            continue
+        link = f"[{md_text(res.names[tid])}]({page_links[tid]})" if tid in page_links else md_text(tid)
+        tasks = res.tasks_of(tid)
+        if not tasks:
+            lines += [f"**{link}**: _not measured yet._", ""]
+            continue
+        lines += [f"**{link}** — measured results (full tables, plots and provenance on its page):", "",
+                  "| Task | Setting | ours | rtn | fp32 |", "|---|---|---|---|---|"]
+        for task in tasks:
+            primary, _ = res.primary(task)
+            recs = sorted((r for r in res.of(task, tid) if not variant(r)),
+                          key=lambda r: col_order(col_key(r)))[:6]
+            for r in recs:
+                rtn = res.find(task, "rtn", col_key(r))
+                lines.append(f"| {md_text(task)} | {md_text(col_label(col_key(r)))} "
+                             f"| {fmt(r['metrics'].get(primary))}{_mark(r, res)} "
+                             f"| {fmt(rtn['metrics'].get(primary)) if rtn else '—'} "
+                             f"| {fmt(r['fp_baseline'].get(primary))} |")
+        lines.append("")
+    if any("†" in line for line in lines):
+        lines += ["† provenance differs from the newest records (see the technique page).", ""]
+    return "\n".join(lines)
+
+
+def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: str,
+                cache: Path | None) -> tuple[str, dict[str, str]]:
+    """A task's leaderboard page: techniques × common settings, best per column in bold,
+    and the Pareto chart (bits per weight against the primary metric)."""
+    cls = res.tasks[task]
+    primary, higher = cls.primary, cls.higher_is_better
+    recs = res.of(task)
+    lines = [f"# Leaderboard: {md_text(task)}", "", md_text(cls.description), "",
+             f"!!! note \"Caveat\"\n    {md_text(cls.caveat)}", ""]
+    if not recs:
+        return "\n".join(lines + ["_Not measured yet._ Run `python -m site_gen bench --task "
+                                  f"{md_text(task)}`."]) + "\n", {}
+    rows: dict[tuple[str, str], dict[tuple, dict]] = {}
+    for r in recs:
+        rows.setdefault((r["technique"], variant(r)), {})[col_key(r)] = r
+    counts: dict[tuple, int] = {}
+    for cells in rows.values():
+        for key in cells:
+            counts[key] = counts.get(key, 0) + 1
+    cols = sorted((k for k, n in counts.items() if n >= 2), key=col_order) or sorted(counts, key=col_order)
+    best = {}
+    for key in cols:
+        vals = [c[key]["metrics"].get(primary) for c in rows.values() if key in c]
+        vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+        if vals:
+            best[key] = max(vals) if higher else min(vals)
+    busiest = max(cols, key=lambda k: (counts[k], col_order(k)))
+    sign = -1 if higher else 1
+
+    def rank(item):
+        (tid, var), cells = item
+        v = cells.get(busiest, {}).get("metrics", {}).get(primary) if busiest in cells else None
+        return (v is None, sign * v if isinstance(v, (int, float)) else 0, res.names.get(tid, tid), var)
+
+    fp = recs[0]["fp_baseline"].get(primary)
+    lines += [f"Primary metric **{md_text(primary)}** ({'higher' if higher else 'lower'} is better; "
+              f"fp32 {fmt(fp)}). **Bold**: best in its column. Columns: the settings measured for at "
+              "least two techniques (all settings while no setting has two).", "",
+              "| Technique | " + " | ".join(md_text(col_label(k)) for k in cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for (tid, var), cells in sorted(rows.items(), key=rank):
+        if not any(k in cells for k in cols):
+            continue
+        name = f"[{md_text(res.names.get(tid, tid))}]({tech_links[tid]})" if tid in tech_links \
+            else md_text(tid)
+        out = []
+        for key in cols:
+            r = cells.get(key)
+            v = r["metrics"].get(primary) if r else None
+            text = fmt(v) if r else "—"
+            if r is not None and key in best and v == best[key]:
+                text = f"**{text}**"
+            out.append(text + (_mark(r, res) if r else ""))
+        lines.append(f"| {name}{f' ({md_text(var)})' if var else ''} | " + " | ".join(out) + " |")
+    alone = [(tid, var, cells) for (tid, var), cells in sorted(rows.items(), key=rank)
+             if not any(k in cells for k in cols)]
+    if alone:   # measured only at settings no other technique shares: listed, not dropped
+        lines += ["", "Also measured, at settings no other technique shares: "
+                  + "; ".join(_lone(tid, var, cells, primary, res, tech_links) for tid, var, cells in alone) + "."]
+    name = f"pareto--{task}.svg"
+    acts = pareto_acts(recs)
+    which = f"with {acts}-bit activations" if acts else "that quantizes weights only"
+    lines += ["", f"![{md_text(task)}: bits per weight against {md_text(primary)}]({plot_dir}/{name})", "",
+              f"Pareto chart: every record of the task {which} (the most common activation setting); "
+              "bits per weight are measured where the task reports them, else weight bits plus an fp16 "
+              "scale (and zero-point when asymmetric) per group. The grey line joins the records no "
+              "other record beats on both axes.", "",
+              provenance_line(recs, res), ""]
+    return "\n".join(lines), {f"{PLOTS}/{name}": plots.svg(pareto_chart(task, recs, res), cache)}
+
+
+def _lone(tid: str, var: str, cells: dict, primary: str, res: Results, tech_links: dict[str, str]) -> str:
+    name = f"[{md_text(res.names.get(tid, tid))}]({tech_links[tid]})" if tid in tech_links else md_text(tid)
+    values = [f"{md_text(col_label(k))} {fmt(r['metrics'].get(primary))}{_mark(r, res)}"
+              for k, r in sorted(cells.items(), key=lambda kr: col_order(kr[0]))]
+    return name + (f" ({md_text(var)})" if var else "") + " " + ", ".join(values)
+
+
+def pareto_acts(recs: list[dict]):
+    """The activation bit-width most records use (None: weights only): the Pareto chart keeps
+    those records, so that points at equal bits per weight differ in their weights only."""
+    counts: dict = {}
+    for r in recs:
+        counts[r["config"]["act_bits"]] = counts.get(r["config"]["act_bits"], 0) + 1
+    return max(counts, key=lambda a: (counts[a], -1 if a is None else a)) if counts else None
+
+
+def pareto_chart(task: str, recs: list[dict], res: Results) -> dict:
+    primary, higher = res.primary(task)
+    acts = pareto_acts(recs)
+    by_tech: dict[str, list[tuple[float, float]]] = {}
+    for r in (r for r in recs if r["config"]["act_bits"] == acts):
+        y = r["metrics"].get(primary)
+        if isinstance(y, (int, float)) and math.isfinite(y):
+            label = r["technique"] + (f" ({variant(r)})" if variant(r) else "")
+            by_tech.setdefault(label, []).append((avg_bits(r)[0], y))
+    series = [{"label": label, "x": [p[0] for p in sorted(pts)], "y": [p[1] for p in sorted(pts)],
+               "color": i, "line": "", "marker": "o"} for i, (label, pts) in enumerate(sorted(by_tech.items()))]
+    points = sorted((p for pts in by_tech.values() for p in pts), key=lambda p: (p[0], -p[1] if higher else p[1]))
+    front, best = [], None
+    for x, y in points:   # cheapest first: a point joins the front when it beats everything cheaper
+        if best is None or (y > best if higher else y < best):
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        series.append({"label": "Pareto front", "x": [p[0] for p in front], "y": [p[1] for p in front],
+                       "color": -1, "line": "-", "marker": ""})
+    title = f"{task}: {primary} against bits per weight" + (f" (A{acts})" if acts else " (weights only)")
+    return plots.chart(title, "bits per weight", primary, series,
+                       logy=_wide([p[1] for p in points]), size=(7.6, 4.0))

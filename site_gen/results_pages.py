@@ -1,0 +1,116 @@
+"""The measured part of the site, assembled for `site_gen build`.
+
+    part = results_pages.generate(root, taxonomy, papers, techniques, paths)
+    part.pages   {"generated/...md": Markdown}   technique pages + index, results index,
+                                                 one leaderboard per task, the peers panel
+    part.files   {"docs/generated/plots/...svg": SVG}
+    part.cards   {sub-category id: Markdown}     results cards for the sub-category pages
+    part.nav     entries for the mkdocs nav ("Reference implementations", "Results")
+
+Every page is derived from the registry, results/ and benchmarks/results/; charts are cached
+under <root>/.cache/site-plots (see site_gen.plots), so rebuilding costs little.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from site_gen import peers, results, techpages
+from site_gen.render import md_code, md_text
+
+RESULTS_DIR = "generated/results"
+
+
+@dataclass
+class Part:
+    pages: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    cards: dict[str, str] = field(default_factory=dict)
+    nav: list = field(default_factory=list)
+
+
+def _registry(techniques: dict[str, dict]) -> list:
+    """Registry entries of `techniques`, in its order; ids the registry lacks are left out."""
+    if not techniques:
+        return []
+    from refimpl.core.registry import all_techniques
+    return [t for t in all_techniques() if t.id in techniques]
+
+
+def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[str, dict],
+             paths: dict[str, str]) -> Part:
+    part = Part()
+    cache = root / ".cache" / "site-plots"
+    techs = _registry(techniques)
+    res = results.collect(root, {t.id: techniques[t.id] for t in techs})
+    sub_pages = {k[4:]: v for k, v in paths.items() if k.startswith("sub:")}
+    sub_names = {s["id"]: f"{s['id']} {s['name']}" for c in taxonomy["categories"] for s in c["subcategories"]}
+    from_tech = {sid: ("../" + p[len("generated/"):], sub_names[sid]) for sid, p in sub_pages.items()}
+    tests = techpages.read_tests(root)
+    papers_by_id = {p["id"]: p for p in papers}
+
+    for t in techs:
+        body, charts = results.technique_tables(t.id, res, "../plots", cache)
+        own = [papers_by_id[t.paper]] if t.paper in papers_by_id else []
+        own += [p for p in papers if t.id in (p.get("refimpl") or []) and p["id"] != t.paper]
+        part.pages[techpages.page_path(t.id)] = techpages.technique_page(
+            t, techniques[t.id].get("source", ""), from_tech, own,
+            techpages.find_tests(tests, t), body)
+        part.files.update({f"docs/{k}": v for k, v in charts.items()})
+    counts = {t.id: sum(r["technique"] == t.id for r in res.records) for t in techs}
+    part.pages[f"{techpages.TECH_DIR}/index.md"] = techpages.index_page(techs, from_tech, counts)
+
+    from_sub = {t.id: f"../../techniques/{t.id}.md" for t in techs}
+    for cat in taxonomy["categories"]:
+        for sub in cat["subcategories"]:
+            ids = [i for i in sub.get("refimpl") or [] if i in from_sub]
+            if ids:
+                part.cards[sub["id"]] = results.card(ids, res, from_sub)
+
+    from_results = {t.id: f"../techniques/{t.id}.md" for t in techs}
+    boards = []
+    for task in sorted(res.tasks):
+        text, charts = results.leaderboard(task, res, from_results, "../plots", cache)
+        part.pages[f"{RESULTS_DIR}/{task}.md"] = text
+        part.files.update({f"docs/{k}": v for k, v in charts.items()})
+        boards.append({f"Leaderboard: {task}": f"{RESULTS_DIR}/{task}.md"})
+    part.pages[f"{RESULTS_DIR}/peers.md"] = peers.peers_page(root)
+    part.pages[f"{RESULTS_DIR}/index.md"] = results_index(res, techs)
+
+    part.nav = [
+        {"Reference implementations": [f"{techpages.TECH_DIR}/index.md"]
+         + [{t.name: techpages.page_path(t.id)} for t in techs]},
+        {"Results": [f"{RESULTS_DIR}/index.md", *boards, {"Peers panel": f"{RESULTS_DIR}/peers.md"}]},
+    ]
+    return part
+
+
+def results_index(res: results.Results, techs: list) -> str:
+    lines = ["# Results", "",
+             "Every number on this site is measured by `python -m site_gen bench` (each run in its own "
+             "process, cached by code hash and configuration) and stored with its provenance under "
+             "`results/<task>/<technique>/<setting>.json`. Nothing is typed in by hand.", ""]
+    if res.ref:
+        lines += [f"Newest record: commit {md_code(str(res.ref['commit'])[:7])}, "
+                  f"{md_text(str(res.ref['date'])[:10])}, torch {md_text(res.ref['torch'])}. Records "
+                  "from another commit, torch or task version, or whose code has changed since, are "
+                  "marked † wherever they appear.", ""]
+    lines += ["| Task | Primary metric | Techniques measured | Records | Marked † |", "|---|---|---|---|---|"]
+    for task in sorted(res.tasks):
+        recs = res.of(task)
+        cls = res.tasks[task]
+        able = sum(task in t.tasks for t in techs)
+        lines.append(f"| [{md_text(task)}]({task}.md) | {md_text(cls.primary)} "
+                     f"({'higher' if cls.higher_is_better else 'lower'} is better) "
+                     f"| {len({r['technique'] for r in recs})} of {able} | {len(recs)} "
+                     f"| {sum(bool(res.flags(r)) for r in recs)} |")
+    lines += ["", "The [peers panel](peers.md) compares our implementations with llm-compressor, hqq, "
+              "bitsandbytes and optimum-quanto.", ""]
+    if res.failures:
+        lines += ["## Runs that failed", "",
+                  "From `results/_failures.json`, written by the last `site_gen bench` that saw them fail.", "",
+                  "| Task | Technique | Setting | Error |", "|---|---|---|---|"]
+        lines += [f"| {md_text(f.get('task'))} | {md_text(f.get('technique'))} | {md_text(f.get('setting'))} "
+                  f"| {md_text(f.get('error'))} |" for f in res.failures]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""`python -m site_gen bench`: the planner, isolated runs, the cache, failures and the summary.
+
+The end-to-end tests run the real command in a subprocess on the smallest slice (rtn on
+digits-cnn at its quick setting, W4A8) into a temporary results folder, never results/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from refimpl.bench import matrix, records
+from refimpl.bench.runner import RunSpec
+from site_gen import ROOT, bench
+
+SUMMARY = "ran {}, cached {}, failed {}, wall "
+
+
+def bench_cli(out, *args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "site_gen", "bench", "--quick", "--only", "rtn",
+                           "--task", "digits-cnn", "--threads", "1", "--out", str(out), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    return out, bench_cli(out)
+
+
+def test_quick_run_writes_one_record_with_provenance(first_run):
+    out, (rc, stdout, stderr) = first_run
+    assert rc == 0, stderr
+    assert SUMMARY.format(1, 0, 0) in stdout.splitlines()[-1]
+    assert "[1/1] digits-cnn rtn w4-pc-sym-a8" in stdout and "ETA" in stdout
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["digits-cnn/rtn/w4-pc-sym-a8.json"]
+    rec = json.loads((out / files[0]).read_text())
+    assert all(k in rec for k in records.RECORD_FIELDS)
+    assert all(k in rec["provenance"] for k in records.PROVENANCE_FIELDS)
+    assert rec["config"]["act_bits"] == 8 and rec["provenance"]["threads"] == 1
+    # a real measurement: W4A8 loses little against fp32 but is not a copy of it
+    assert 0.9 < rec["metrics"]["accuracy"] <= rec["fp_baseline"]["accuracy"] + 0.01
+
+
+def test_second_call_is_served_from_the_cache(first_run):
+    out, _ = first_run
+    before = (out / "digits-cnn/rtn/w4-pc-sym-a8.json").read_bytes()
+    rc, stdout, stderr = bench_cli(out)
+    assert rc == 0, stderr
+    assert SUMMARY.format(0, 1, 0) in stdout.splitlines()[-1]
+    assert (out / "digits-cnn/rtn/w4-pc-sym-a8.json").read_bytes() == before
+
+
+def test_a_run_over_its_time_limit_is_killed_recorded_and_cleared(first_run):
+    out, _ = first_run
+    path = out / "digits-cnn/rtn/w4-pc-sym-a8.json"
+    before = path.read_bytes()
+    rc, stdout, stderr = bench_cli(out, "--force", "--timeout", "0.5")
+    assert rc == 1
+    assert SUMMARY.format(0, 0, 1) in stdout.splitlines()[-1]
+    assert "timed out after" in stderr
+    failures = json.loads((out / bench.FAILURES).read_text())["failures"]
+    assert [(f["task"], f["technique"], f["setting"]) for f in failures] == \
+        [("digits-cnn", "rtn", "w4-pc-sym-a8")]
+    assert path.read_bytes() == before          # the killed run left the old record intact
+    assert not list(out.rglob("*.tmp"))
+    # the next call finds the record fresh: the failure no longer stands and its file goes away
+    rc, stdout, _ = bench_cli(out)
+    assert rc == 0 and not (out / bench.FAILURES).exists()
+
+
+def test_an_exception_in_a_run_is_isolated_and_reported(tmp_path):
+    spec = RunSpec("rtn", "digits-cnn", bits=4, sym=True, act_bits=8, options={"bogus": 1}, threads=1)
+    summary, reason, tail = bench.run_isolated(spec, tmp_path, timeout=120)
+    assert summary is None
+    assert reason.startswith("ValueError: option bogus: unknown option for 'rtn'")
+    assert tail and not list(tmp_path.rglob("*.json"))
+
+
+def test_failures_file_merges_by_run(tmp_path):
+    old = {"task": "t", "technique": "a", "setting": "s1", "error": "x"}
+    other = {"task": "t", "technique": "b", "setting": "s1", "error": "y"}
+    records.write_json_atomic(tmp_path / bench.FAILURES, {"failures": [old, other]})
+    new = {"task": "t", "technique": "a", "setting": "s1", "error": "z"}
+    assert bench.update_failures(tmp_path, {"t/a/s1"}, [new]) == [new, other]
+    assert bench.update_failures(tmp_path, {"t/a/s1", "t/b/s1"}, []) == []
+    assert not (tmp_path / bench.FAILURES).exists()
+
+
+def test_quick_plan_is_a_small_slice_of_the_registry(tmp_path):
+    plan = matrix.plan(quick=True, out_dir=tmp_path)
+    pairs = [(p.spec.task, p.tech.id) for p in plan.todo]
+    assert len(pairs) == len(set(pairs))                     # one setting per technique and task
+    assert {t for t, _ in pairs} == {"digits-cnn", "minilm-layers"}
+    assert [i for t, i in pairs if t == "minilm-layers"] == ["rtn"]
+    assert all(p.tech.kind in ("ptq-weight", "ptq-weight-act", "format") for p in plan.todo)
+    assert {p.setting for p in plan.todo if p.spec.task == "digits-cnn"} == {"w4-pc-sym-a8"}
+    assert not plan.cached and not plan.invalid
+
+
+def test_full_plan_covers_every_technique_on_every_task_it_supports(tmp_path):
+    from refimpl.bench.tasks import TASKS
+    from refimpl.core.registry import all_techniques
+    plan = matrix.plan(out_dir=tmp_path)
+    planned = {(p.tech.id, p.spec.task) for p in plan.todo}
+    expected = {(t.id, task) for t in all_techniques() for task in t.tasks if task in TASKS}
+    assert planned == expected
+    assert not plan.invalid
+
+
+def test_bad_ids_exit_2_before_anything_runs(capsys):
+    assert bench.main(["--only", "no_such_technique", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("error: only: unknown technique(s) no_such_technique")
+    assert bench.main(["--task", "no-such-task", "--dry-run"]) == 2
