@@ -21,6 +21,8 @@ def quantize(model: nn.Module, method: str, *, bits: int, group_size: int | None
     technique-specific options are keyword arguments (see `python -m refimpl list --json`).
     """
     tech = get(method)
+    if tech.kind == "ptq-block":
+        return _block_reconstruction(tech, model, bits, group_size, sym, calib, act_bits, skip, options)
     if tech.kind not in PTQ_KINDS:
         raise ValueError(f"method: {method!r} is a {tech.kind} technique, not post-training; "
                          f"use its own entry point (see `python -m refimpl list`)")
@@ -42,6 +44,20 @@ def quantize(model: nn.Module, method: str, *, bits: int, group_size: int | None
         raise ValueError(f"calib: {method!r} needs calibration data (a LongTensor [n, seq] or an iterable of inputs)")
     _check_options(tech, options)
     return tech.fn(model, cfg, batches, **options)
+
+
+def _block_reconstruction(tech, model, bits, group_size, sym, calib, act_bits, skip, options):
+    """Post-training reconstruction that quantizes activations while it learns (QDrop): it takes the
+    calibration batches wrapped in a TaskData, like the training-time kinds."""
+    from refimpl.core.data import TaskData
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, act_bits=act_bits, skip=tuple(skip))
+    batches = as_batches(calib)
+    if not batches:
+        raise ValueError(f"calib: {tech.id!r} needs calibration data (an iterable of model inputs)")
+    _check_options(tech, options)
+    return tech.fn(model, cfg, TaskData(calib=batches), **options)
 
 
 def _check_options(tech, options: dict) -> None:

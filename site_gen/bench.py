@@ -7,9 +7,12 @@ What runs is planned by `refimpl.bench.matrix.plan` (every technique × supporte
 setting; `--quick` a small slice). A run whose record is fresh (same config, code hash of
 the technique and the refimpl modules it imports, torch and task version) is skipped.
 
-Each run happens in its own Python process with a time limit, so a crash, a segfault or an
-out-of-memory kill loses that run only: it is printed and kept in `<out>/_failures.json`
-(entries of runs that later succeed are dropped; the file goes away when none are left).
+Runs happen in child Python processes, one per technique and task (starting Python, torch and
+the registry costs seconds, more than a digits run itself), each run with its own time limit.
+A crash, a segfault or an out-of-memory kill loses that run only: the child has already
+written the records before it, the runs after it go on in a fresh child, and the failure is
+printed and kept in `<out>/_failures.json` (entries of runs that later succeed are dropped;
+the file goes away when none are left).
 The child writes its record atomically (records.write_json_atomic). Progress lines carry an
 ETA from the wall times of earlier records; the last line is the summary
 `ran N, cached M, failed K, wall T s`. Exit status: 0, 1 when a run failed, 2 for bad options.
@@ -17,12 +20,15 @@ ETA from the wall times of earlier records; the last line is the summary
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -56,49 +62,91 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- one run, in a child process
 
 def _worker(argv: list[str]) -> int:
-    """Child side: `python -m site_gen.bench --worker SPEC_JSON OUT`. Runs one spec, writes its
-    record, prints a one-line JSON summary on stdout; any exception is a traceback and exit 1."""
+    """Child side: `python -m site_gen.bench --worker SPECS_JSON OUT`. Runs the specs in order,
+    writes each record, and prints one JSON summary line per finished run on stdout; an
+    exception is a traceback on stderr and exit 1 (the runs before it are kept)."""
     from refimpl.bench.runner import RunSpec, run
     from refimpl.bench.tasks import get_task
-    spec = RunSpec(**json.loads(argv[0]))
-    record = run(spec, out_dir=Path(argv[1]))
-    primary = get_task(spec.task).primary
-    print(json.dumps({"primary": primary, "value": record["metrics"].get(primary),
-                      "fp": record["fp_baseline"].get(primary), "wall_s": record["timing"]["wall_s"]}))
+    specs = json.loads(argv[0])
+    for spec in specs if isinstance(specs, list) else [specs]:
+        spec = RunSpec(**spec)
+        record = run(spec, out_dir=Path(argv[1]))
+        primary = get_task(spec.task).primary
+        print(json.dumps({"primary": primary, "value": record["metrics"].get(primary),
+                          "fp": record["fp_baseline"].get(primary), "wall_s": record["timing"]["wall_s"]}),
+              flush=True)
     return 0
 
 
+def run_group(specs: list, out_dir: Path, timeout: float):
+    """Run `specs` one after another in one child; yields (spec, summary, reason, stderr tail) as
+    each run ends. A run over `timeout` seconds, or a child that dies, fails that run only: the
+    remaining specs continue in a new child."""
+    pending = list(specs)
+    while pending:
+        cmd = [sys.executable, "-m", "site_gen.bench", "--worker", json.dumps([asdict(s) for s in pending]),
+               str(out_dir)]
+        env = dict(os.environ)
+        if pending[0].threads:
+            env["OMP_NUM_THREADS"] = str(pending[0].threads)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        err_tail: collections.deque = collections.deque(maxlen=_TAIL_LINES)
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+        err_thread = threading.Thread(target=lambda: err_tail.extend(proc.stderr), daemon=True)
+        err_thread.start()
+        try:
+            while pending:
+                try:
+                    line = lines.get(timeout=timeout)
+                except queue.Empty:
+                    os.killpg(proc.pid, signal.SIGKILL)   # the child's own session: nothing else is hit
+                    proc.wait()
+                    yield pending.pop(0), None, f"timed out after {timeout:g} s", list(err_tail)
+                    break
+                if line is None:          # the child ended before reporting this run
+                    proc.wait()
+                    err_thread.join(timeout=5)
+                    yield pending.pop(0), None, _death(proc.returncode, err_tail), list(err_tail)
+                    break
+                try:
+                    summary = json.loads(line)
+                except ValueError:
+                    continue              # a stray line on stdout is not a summary
+                yield pending.pop(0), summary, None, []
+        except BaseException:   # Ctrl-C reaches only our session: stop the child too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if not pending:
+            proc.wait()
+
+
+def _run_plan(todo: list, out_dir: Path, timeout: float):
+    """(planned run, summary, failure reason, stderr tail) for every run, one child per technique
+    and task (the plan's order kept within each)."""
+    groups: dict[tuple, list] = {}
+    for p in todo:
+        groups.setdefault((p.spec.task, p.tech.id), []).append(p)
+    for group in groups.values():
+        by_spec = {id(p.spec): p for p in group}
+        for spec, summary, reason, tail in run_group([p.spec for p in group], out_dir, timeout):
+            yield by_spec[id(spec)], summary, reason, tail
+
+
+def _death(returncode: int | None, tail) -> str:
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}{' (out of memory?)' if name == 'SIGKILL' else ''}"
+    last = next((line for line in reversed(list(tail)) if line.strip()), None)
+    return last.strip() if last else ("the run printed no summary" if returncode == 0 else f"exit status {returncode}")
+
+
 def run_isolated(spec, out_dir: Path, timeout: float) -> tuple[dict | None, str | None, list[str]]:
-    """Run `spec` in a child process: (summary, None, []) on success, else (None, reason,
-    last lines of its stderr). A run over `timeout` seconds is killed with its process group."""
-    cmd = [sys.executable, "-m", "site_gen.bench", "--worker", json.dumps(asdict(spec)), str(out_dir)]
-    env = dict(os.environ)
-    if spec.threads:
-        env["OMP_NUM_THREADS"] = str(spec.threads)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # the child's own session: nothing else is hit
-        out, err = proc.communicate()
-        return None, f"timed out after {timeout:g} s", _tail(err)
-    except BaseException:   # Ctrl-C reaches only our session: stop the child too
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return None, f"killed by {name}{hint}", _tail(err)
-    if proc.returncode != 0:
-        tail = _tail(err)
-        last = next((line for line in reversed(tail) if line.strip()), f"exit status {proc.returncode}")
-        return None, last.strip(), tail
-    try:
-        return json.loads(out.strip().splitlines()[-1]), None, []
-    except (ValueError, IndexError):
-        return None, "the run printed no summary", _tail(err)
+    """One spec in its own child: (summary, None, []) on success, else (None, reason, stderr tail)."""
+    _, summary, reason, tail = next(run_group([spec], out_dir, timeout))
+    return summary, reason, tail
 
 
 def _tail(text: str | None) -> list[str]:
@@ -164,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in todo_plan.skipped:
         print(f"skip: {note}")
     todo, cached = todo_plan.todo, todo_plan.cached
-    total_est = sum(p.estimate_s + SPAWN_S for p in todo)
+    spawn_each = SPAWN_S * len({(p.spec.task, p.tech.id) for p in todo}) / max(len(todo), 1)  # one child per group
+    total_est = sum(p.estimate_s + spawn_each for p in todo)
     print(f"{len(todo)} to run, {len(cached)} cached, results in {out_dir}; "
           f"estimated {clock(total_est)}", flush=True)
     if args.dry_run:
@@ -175,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     failures = [_failure(spec, "invalid", reason, []) for spec, reason in todo_plan.invalid]
     for f in failures:
         print(f"FAILED {f['task']} {f['technique']}: {f['error']}")
-    done_est, run_start, ran = 0.0, time.perf_counter(), 0
-    for i, p in enumerate(todo, 1):
+    done_est, run_start, ran, i = 0.0, time.perf_counter(), 0, 0
+    for p, summary, reason, tail in _run_plan(todo, out_dir, timeout):
+        i += 1
         print(f"[{i}/{len(todo)}] {p.spec.task} {p.tech.id} {p.setting} ...", end=" ", flush=True)
-        summary, reason, tail = run_isolated(p.spec, out_dir, timeout)
-        done_est += p.estimate_s + SPAWN_S
+        done_est += p.estimate_s + spawn_each
         elapsed = time.perf_counter() - run_start
         # scale the remaining estimate by how the finished runs compared with theirs
         pace = min(max(elapsed / done_est, 0.25), 4.0) if done_est > 0 else 1.0

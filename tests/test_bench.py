@@ -83,6 +83,16 @@ def test_an_exception_in_a_run_is_isolated_and_reported(tmp_path):
     assert tail and not list(tmp_path.rglob("*.json"))
 
 
+def test_a_failing_run_inside_a_group_loses_only_itself(tmp_path):
+    good = [RunSpec("rtn", "digits-cnn", bits=b, sym=True, act_bits=8, threads=1) for b in (8, 4)]
+    bad = RunSpec("rtn", "digits-cnn", bits=3, sym=True, act_bits=8, options={"bogus": 1}, threads=1)
+    results = list(bench.run_group([good[0], bad, good[1]], tmp_path, timeout=120))
+    assert [r[0] for r in results] == [good[0], bad, good[1]]   # in order, each reported once
+    assert [r[1] is not None for r in results] == [True, False, True]
+    assert results[1][2].startswith("ValueError: option bogus")
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["w4-pc-sym-a8.json", "w8-pc-sym-a8.json"]
+
+
 def test_failures_file_merges_by_run(tmp_path):
     old = {"task": "t", "technique": "a", "setting": "s1", "error": "x"}
     other = {"task": "t", "technique": "b", "setting": "s1", "error": "y"}

@@ -85,7 +85,9 @@ def task_settings(tech, task, quick: bool) -> list[RunSpec]:
     grid = [(w, a) for w, a in grid if tech.bits is None or w in tech.bits]
     if quick:   # the second setting (W4A8 on digits-cnn): the first one is nearly lossless
         grid = grid[1:2] if len(grid) > 1 else grid
-    return [RunSpec(tech.id, task.id, bits=w, group_size=None, sym=True, act_bits=a) for w, a in grid]
+    variants = [{}] if quick else [{}] + [dict(v) for v in getattr(task, "VARIANTS", {}).get(tech.id, ())]
+    return [RunSpec(tech.id, task.id, bits=w, group_size=None, sym=True, act_bits=a, options=dict(opts))
+            for opts in variants for w, a in grid]
 
 
 def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:

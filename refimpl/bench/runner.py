@@ -11,12 +11,11 @@ same machine gives the same metrics.
 from __future__ import annotations
 
 import contextlib
-import copy
 import difflib
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -230,7 +229,6 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
 
     out_dir None: nothing is written. `log(str)` receives one-line status messages.
     """
-    import refimpl
     tech, task = validate(spec)
     say = log or (lambda msg: None)
     threads = spec.threads or int(os.environ.get("ATLAS_THREADS", 0)) or torch.get_num_threads()

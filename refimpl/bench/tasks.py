@@ -207,6 +207,11 @@ class DigitsCNNTask(Task):
     # (bits, act_bits) of the matrix; mixed-precision techniques read bits as the average budget
     SETTINGS = ((8, 8), (4, 8), (3, 8), (4, 4), (2, 4), (2, 2))
     MIXED_SETTINGS = ((3, 8),)
+    # option variants run beside the defaults, so a table isolates one ingredient: real data next to
+    # distilled (zeroq), QDrop's drop probability at its extremes (p=0: always quantized, BRECQ-like;
+    # p=1: never), AdaRound with enough iterations for 2-bit rounding to move, KURE used inside QAT
+    VARIANTS = {"zeroq": ({"source": "real"},), "qdrop": ({"p": 0.0}, {"p": 1.0}),
+                "adaround": ({"iters": 1000},), "kure": ({"qat": True},)}
 
     def __init__(self):
         super().__init__()

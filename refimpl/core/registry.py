@@ -19,7 +19,9 @@ from typing import Callable
 #   ptq-weight      fn(model, cfg: QuantConfig, calib: list | None, **opts) -> model  (weights only)
 #   ptq-weight-act  same signature; also quantizes the inputs of Linear layers to cfg.act_bits
 #   format          same signature; weights are cast to a number format (cfg.bits is implied)
-#   qat / mixed-precision / data-free / diffusion: declared by their own issues
+#   qat / mixed-precision / data-free / diffusion: fn(model, cfg, data: TaskData, **opts) -> model, with
+#                   data from the task (refimpl/core/data.py); mixed-precision reads cfg.bits as the
+#                   average budget; data-free gets no data unless opts['source'] == 'real'
 #   ptq-block       fn(model, cfg, data: TaskData, **opts) -> model; post-training reconstruction that
 #                   quantizes activations itself while it learns (QDrop): it reads only data.calib
 KINDS = ("ptq-weight", "ptq-weight-act", "format", "qat", "mixed-precision", "data-free", "diffusion", "ptq-block")

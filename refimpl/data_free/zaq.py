@@ -3,7 +3,7 @@
 Paper: Liu, Zhang, Wang, "Zero-shot Adversarial Quantization" (arXiv 2103.15263, CVPR 2021).
 Taxonomy: 3.5.3 Adversarial-based generation.
 
-With no data, a small generator G turns noise z into inputs, and two players alternate:
+With no data, a small generator G turns noise z into inputs, and two players compete:
 
     G:  max_G  D(T(G(z)), S(G(z))) − λ·L_BN(G(z))       (find inputs the student gets wrong)
     S:  min_S  D(T(G(z)), S(G(z)))                      (fix them by quantization-aware training)
@@ -15,6 +15,8 @@ samples near the data the teacher was trained on; without it the generator wins 
 to inputs no digit resembles. The student's activation ranges are calibrated on the
 generator's samples once the prior has shaped them (a short warm-up of G on L_BN alone).
 
+Both players step on the same batch: one backward pass of λ·L_BN − D gives G its gradient and,
+negated, the student its gradient of D (simultaneous rather than alternating updates).
 Simplified: the paper's discrepancy also compares intermediate feature maps (and its
 generator is a convolutional GAN generator); here D is on the logits and G is a two-layer MLP.
 """
@@ -27,7 +29,7 @@ from torch import nn
 
 from refimpl.core.fakequant import calibrate, freeze, prepare
 from refimpl.core.registry import register
-from refimpl.data_free.zeroq import batchnorms, bn_statistics_loss, check_positive, image_shape
+from refimpl.data_free.zeroq import batchnorms, bn_statistics_loss, check_positive, check_seed, image_shape
 
 
 class Generator(nn.Module):
@@ -116,6 +118,7 @@ def zaq(model, cfg, data, *, steps: int = 150, batch: int = 64, lr_g: float = 1e
         raise ValueError(f"lam: expected a finite non-negative number, got {lam!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
+    check_seed(seed)
     batchnorms(model, "zaq")
     shape = image_shape(model, image_size, "zaq")
     teacher = copy.deepcopy(model)

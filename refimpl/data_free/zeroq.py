@@ -32,6 +32,7 @@ SOURCES = ("distilled", "real")
 
 
 def batchnorms(model: nn.Module, technique: str) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer: the statistics that stand in for the training data."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         raise ValueError(f"model: {technique} needs BatchNorm layers after the convolutions; found none")
@@ -51,7 +52,7 @@ def image_shape(model: nn.Module, size: int, technique: str) -> tuple[int, int, 
 
 
 def bn_statistics_loss(model: nn.Module, x: torch.Tensor, bns: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ_l ‖μ_l(x) − μ_l‖² + ‖σ_l(x) − σ_l‖² over the BN layers, model(x)) for a batch x [n, c, h, w]."""
+    """(Σ_l ‖μ_l(x) − μ_l‖² + ‖σ_l(x) − σ_l‖² over the BN layers, model(x)), x: a batch [n, c, h, w]."""
     terms = []
 
     def hook(bn, inp):
@@ -69,7 +70,7 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor, bns: list) -> tuple[to
     return torch.stack(terms).sum(), out
 
 
-def distill(model: nn.Module, shape: tuple[int, ...], n: int, *, iters: int = 300, lr: float = 0.1,
+def distill(model: nn.Module, shape: tuple[int, ...], n: int, *, iters: int = 100, lr: float = 0.2,
             seed: int = 0, technique: str = "zeroq") -> tuple[torch.Tensor, list[float]]:
     """Optimise n Gaussian-noise inputs of `shape` until their BN statistics match the stored ones.
     Returns (x* [n, *shape], BN-statistics loss per step). The model is not changed."""
@@ -98,9 +99,15 @@ def distill(model: nn.Module, shape: tuple[int, ...], n: int, *, iters: int = 30
 
 
 def check_positive(name: str, value, kind=int) -> None:
+    """A positive integer (kind=int) or a positive finite number (kind=float), else a ValueError."""
     ok = isinstance(value, kind) if kind is int else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or not 0 < value < float("inf"):
         raise ValueError(f"{name}: expected a positive {'integer' if kind is int else 'number'}, got {value!r}")
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
 
 
 @torch.no_grad()
@@ -121,6 +128,7 @@ def zeroq(model, cfg, data, *, source: str = "distilled", n: int = 64, iters: in
     for name, value in (("n", n), ("iters", iters), ("image_size", image_size)):
         check_positive(name, value)
     check_positive("lr", lr, float)
+    check_seed(seed)
     if source == "real":
         batches = data.need("calib", "zeroq")
     else:

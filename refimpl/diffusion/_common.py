@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from refimpl.core.calib import find_linears, run_model
+from refimpl.core.calib import find_linears, model_device, run_model
 from refimpl.core.quantizer import fake_quant, minmax_qparams
 
 
@@ -29,7 +29,7 @@ def trajectory(model: nn.Module, sampler, noise: torch.Tensor) -> list[tuple[tor
     """The inputs (x_t, t) the model receives while `sampler` generates from `noise`, one pair of
     batches per sampler step (noisy first)."""
     record: list = []
-    sampler.sample(model, noise, record=record)
+    sampler.sample(model, noise.to(model_device(model)), record=record)
     return [(x.cpu(), t.cpu()) for x, t in by_step(record).values()]
 
 

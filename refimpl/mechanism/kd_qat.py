@@ -16,8 +16,9 @@ where z_s, z_t are the student's and teacher's logits and T the softening temper
 The teacher is a frozen copy of the incoming fp32 model; the student is the same model with
 min-max weights and static calibrated activations trained through the STE (as ste_qat), so
 the difference from ste_qat is the distillation term alone.
-Simplified vs the paper: the teacher is the same architecture (the paper also uses wider or
-deeper teachers); a short Adam fine-tune instead of full training.
+Defaults (chosen on the calibration split): α = 0.5 and T = 1, the plain softmax the
+Apprentice paper distils from. Simplified vs the paper: the teacher is the same architecture
+(the paper also uses wider or deeper teachers); a short Adam fine-tune instead of full training.
 """
 from __future__ import annotations
 

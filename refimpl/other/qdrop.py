@@ -156,7 +156,7 @@ def reconstruct_block(model, images, q: QuantLinear, stop, x_fp, x_q, y_fp, *, p
 
 @register(id="qdrop", name="QDrop — randomly dropped activation quantization", subcategory="3.8", paper="qdrop",
           kind="ptq-block", tasks=("digits-cnn",), needs_calib=True)
-def qdrop(model, cfg, data, *, p: float = 0.5, iters: int = 500, batch: int = 32, lr: float = 5e-2,
+def qdrop(model, cfg, data, *, p: float = 0.5, iters: int = 300, batch: int = 32, lr: float = 5e-2,
           lam: float = 0.01, seed: int = 0):
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
@@ -173,9 +173,9 @@ def qdrop(model, cfg, data, *, p: float = 0.5, iters: int = 500, batch: int = 32
     names = list(find_linears(model, cfg.skip))
     fp_mods = [teacher.get_submodule(n) for n in names] + [None]
     x_fps = inputs_of(teacher, images, fp_mods)     # fp inputs of every block, and the fp output
+    flags = {id(t): t.requires_grad for t in model.parameters()}
     wrapped = prepare(model, cfg, weight_quant=lambda name, layer: LearnedRounding(
         layer.weight, layer.quant_bits, cfg.group_size, cfg.sym))
-    flags = [t.requires_grad for t in model.parameters()]
     model.eval().requires_grad_(False)
     qs = [wrapped[n] for n in names]
     for k, q in enumerate(qs):
@@ -190,7 +190,7 @@ def qdrop(model, cfg, data, *, p: float = 0.5, iters: int = 500, batch: int = 32
         reconstruct_block(model, images, q, stop, x_fps[k], x_q, x_fps[k + 1], p=float(p), iters=iters,
                           batch=min(batch, images.shape[0]), lr=float(lr), lam=float(lam), seed=seed + k)
         q.wq.V.requires_grad_(False)
-    freeze(model)
-    for t, f in zip(model.parameters(), flags):
-        t.requires_grad_(f)
+    freeze(model)     # bakes the hard rounding into the weights and drops the V parameters
+    for t in model.parameters():
+        t.requires_grad_(flags[id(t)])
     return model

@@ -18,7 +18,10 @@ plain per-channel min-max quantization (RTN) of the weights and static calibrate
 one robust model for every bit-width. With `qat=True` the KURE term is added to STE QAT at the
 target bit-width instead (the paper's KURE + QAT variant).
 Simplified vs the paper: a short Adam fine-tune from the pretrained model, not training from
-scratch; kurtosis per layer as in the paper, although our weight grid is per output channel.
+scratch, with λ = 0.1 (chosen on the calibration split); kurtosis per layer as in the paper,
+although our weight grid is per output channel. What to expect: the regularised model loses
+less at 3–4 bits than the same fine-tune without the term, but post-training quantization at
+2 bits still collapses — there QAT (`qat=True`) is needed.
 """
 from __future__ import annotations
 

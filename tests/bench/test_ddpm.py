@@ -1,6 +1,7 @@
 """digits-ddpm: the DDPM's convolutions, the DDIM sampler, the Digits-FD metric, the cached model and the harness path."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -96,7 +97,8 @@ def test_trained_model_generates_digits_of_many_classes(task, fp_metrics):
     assert fp_metrics["digits_fd"] < 0.35 * untrained["digits_fd"], (fp_metrics["digits_fd"], untrained["digits_fd"])
     hist = fp_metrics["class_hist"]
     assert sum(hist) == ddpm.EVAL_SAMPLES and sum(c >= 0.04 * sum(hist) for c in hist) >= 8, hist
-    assert fp_metrics["confidence"] > untrained["confidence"] + 0.15
+    # noise-like images land in one class (the classifier is confidently wrong on them: confidence does not separate)
+    assert max(untrained["class_hist"]) > 0.5 * sum(hist) and max(hist) < 0.2 * sum(hist)
     assert fp_metrics["sample_rmse_fp"] == 0.0
 
 
@@ -133,15 +135,20 @@ def rtn_on_ddpm():
     registry._REGISTRY["rtn"] = tech
 
 
-def test_naive_ptq_through_the_harness(task, fp_metrics, rtn_on_ddpm):
-    recs = {(w, a): run(RunSpec("rtn", "digits-ddpm", bits=w, sym=True, act_bits=a, threads=1), out_dir=None)
-            for w, a in ((8, 8), (4, 4))}
-    for (w, a), rec in recs.items():
-        assert rec["config"]["calib"] == {"n": 800, "seq": 0} and rec["metrics"]["avg_bits"] == w
-        assert rec["fp_baseline"]["digits_fd"] == pytest.approx(fp_metrics["digits_fd"])
-    m8, m4 = recs[(8, 8)]["metrics"], recs[(4, 4)]["metrics"]
-    assert m8["sample_rmse_fp"] < 0.1 < m4["sample_rmse_fp"]
-    assert m4["digits_fd"] > m8["digits_fd"]
+def test_naive_ptq_through_the_harness(task, fp, fp_metrics, rtn_on_ddpm):
+    rec = run(RunSpec("rtn", "digits-ddpm", bits=4, sym=True, act_bits=8, threads=1), out_dir=None)
+    assert rec["config"]["calib"] == {"n": 800, "seq": 0} and rec["metrics"]["avg_bits"] == 4
+    assert rec["fp_baseline"]["digits_fd"] == pytest.approx(fp_metrics["digits_fd"])
+    assert rec["metrics"]["digits_fd"] > fp_metrics["digits_fd"] and rec["metrics"]["sample_rmse_fp"] > 0
+    # 8 bits everywhere stays close to the fp samples, 4 bits everywhere does not
+    spec8, spec4 = (RunSpec("rtn", "digits-ddpm", bits=b, sym=True, act_bits=b) for b in (8, 4))
+    z = ddpm.noise(64, 7)
+    ref = task.sampler().sample(fp, z)
+    rmse = {}
+    for spec in (spec8, spec4):
+        q = apply_technique(copy.deepcopy(fp), rtn_on_ddpm, task, spec, task.calib(0, 800))
+        rmse[spec.bits] = (task.sampler().sample(q, z) - ref).pow(2).mean().sqrt().item()
+    assert rmse[8] < 0.1 < rmse[4], rmse
 
 
 def test_activation_quantizers_skip_the_data_inputs(task, rtn_on_ddpm):

@@ -22,7 +22,8 @@ from refimpl.mechanism.kd_qat import distillation_loss, kd_qat
 
 def test_distillation_loss_matches_a_hand_computation():
     g = torch.Generator().manual_seed(0)
-    z_s, z_t = torch.randn(16, 10, generator=g, dtype=torch.float64), torch.randn(16, 10, generator=g, dtype=torch.float64)
+    z_s = torch.randn(16, 10, generator=g, dtype=torch.float64)
+    z_t = torch.randn(16, 10, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (16,), generator=g)
     for alpha, T in ((0.0, 1.0), (0.5, 1.0), (0.7, 3.0), (1.0, 2.0)):
         p_t = torch.exp(z_t / T) / torch.exp(z_t / T).sum(-1, keepdim=True)
@@ -63,6 +64,6 @@ def test_the_teacher_term_carries_the_signal_when_labels_are_useless(setup):
     split, data = setup
     y = split["train"].y[torch.randperm(len(split["train"]), generator=torch.Generator().manual_seed(0))]
     noisy = TaskData(train=Labelled(split["train"].x, y), calib=data.calib, loss=data.loss)
-    acc = {name: digits.accuracy(trained(fn, noisy, 3, 4, steps=100, **opts), split["test"])
-           for name, fn, opts in (("ste", ste_qat, {}), ("kd", kd_qat, {}), ("kd_teacher_only", kd_qat, dict(alpha=1.0)))}
+    runs = (("ste", ste_qat, {}), ("kd", kd_qat, {}), ("kd_teacher_only", kd_qat, dict(alpha=1.0)))
+    acc = {name: digits.accuracy(trained(fn, noisy, 3, 4, steps=100, **opts), split["test"]) for name, fn, opts in runs}
     assert acc["ste"] < 0.4 and acc["kd"] > 0.8 and acc["kd_teacher_only"] > 0.95, acc

@@ -32,7 +32,7 @@ def test_tracker_counts_reversals_and_freezes_at_the_rounded_ema():
     # f ← m·o + (1 − m)·f with m = 0.5: moves without reversal add 0, each reversal adds m
     assert freqs == [[0.0, 0.0], [0.5, 0.0], [0.75, 0.0]]
     assert q.frozen.flatten().tolist() == [True, False]
-    # EMA of codes for weight 0: 0 → 0.5 → 0.25 → 0.625 at the step where f first exceeded 0.3 it was 0.25
+    # frozen at the step where f first exceeded 0.3, when the EMA of its codes was 0 → 0.5 → 0.25
     assert q.frozen_int.flatten()[0].item() == 0.0
     # a frozen weight keeps its code whatever its latent value does, and no gradient reaches it
     W = torch.tensor([[1.4, 0.2]], requires_grad=True)
