@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build check serve test bench-quick clean
+.PHONY: setup build check serve test bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ test: setup browser-deps
 	$(PY) -m site_gen check
 	$(PY) -m site_gen build --check
 	$(PY) -m mkdocs build --strict --quiet
+	$(PY) -m site_gen bench --quick --out .cache/bench-quick
 	$(PY) -m pytest -q
 
 # Headless Chromium and its WebDriver for tests/browser/ (Debian packages). Installed only when
@@ -43,6 +44,12 @@ browser-deps:
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
 	else echo "browser-deps: chromium or chromedriver missing and not root: browser tests will skip"; fi
+
+bench: setup
+	$(PY) -m site_gen bench
+
+bench-quick: setup
+	$(PY) -m site_gen bench --quick --out .cache/bench-quick
 
 clean:
 	rm -rf site .pytest_cache

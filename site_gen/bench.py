@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds per run before it is killed (default {DEFAULT_TIMEOUT_S}, "
                         f"--quick {QUICK_TIMEOUT_S})")
     p.add_argument("--threads", type=int, default=None, help="torch threads of every run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="children running at once (each runs one technique's settings on one task); "
+                        "with --jobs N use --threads 1 so that N runs share N cores")
     return p
 
 
@@ -123,16 +126,36 @@ def run_group(specs: list, out_dir: Path, timeout: float):
             proc.wait()
 
 
-def _run_plan(todo: list, out_dir: Path, timeout: float):
-    """(planned run, summary, failure reason, stderr tail) for every run, one child per technique
-    and task (the plan's order kept within each)."""
+def _run_plan(todo: list, out_dir: Path, timeout: float, jobs: int = 1):
+    """(planned run, summary, failure reason, stderr tail) for every run, as runs end: one child
+    per technique and task (the plan's order kept within each), `jobs` children at a time."""
     groups: dict[tuple, list] = {}
     for p in todo:
         groups.setdefault((p.spec.task, p.tech.id), []).append(p)
+    work: queue.Queue = queue.Queue()
     for group in groups.values():
-        by_spec = {id(p.spec): p for p in group}
-        for spec, summary, reason, tail in run_group([p.spec for p in group], out_dir, timeout):
-            yield by_spec[id(spec)], summary, reason, tail
+        work.put(group)
+    done: queue.Queue = queue.Queue()
+
+    def drain():
+        while True:
+            try:
+                group = work.get_nowait()
+            except queue.Empty:
+                return
+            by_spec = {id(p.spec): p for p in group}
+            try:
+                for spec, summary, reason, tail in run_group([p.spec for p in group], out_dir, timeout):
+                    done.put((by_spec[id(spec)], summary, reason, tail))
+            except Exception as exc:   # the harness itself broke: fail the group's runs, not the others
+                for p in group:
+                    done.put((p, None, f"{type(exc).__name__}: {exc}", []))
+
+    threads = [threading.Thread(target=drain, daemon=True) for _ in range(max(1, min(jobs, len(groups))))]
+    for t in threads:
+        t.start()
+    for _ in range(len(todo)):
+        yield done.get()
 
 
 def _death(returncode: int | None, tail) -> str:
@@ -203,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print("error: --threads: must be a positive integer", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print("error: --jobs: must be a positive integer", file=sys.stderr)
+        return 2
     try:
         todo_plan = matrix.plan(args.only, args.task, quick=args.quick, force=args.force,
                                 out_dir=out_dir, threads=args.threads)
@@ -213,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip: {note}")
     todo, cached = todo_plan.todo, todo_plan.cached
     spawn_each = SPAWN_S * len({(p.spec.task, p.tech.id) for p in todo}) / max(len(todo), 1)  # one child per group
-    total_est = sum(p.estimate_s + spawn_each for p in todo)
+    total_est = sum(p.estimate_s + spawn_each for p in todo) / args.jobs
     print(f"{len(todo)} to run, {len(cached)} cached, results in {out_dir}; "
           f"estimated {clock(total_est)}", flush=True)
     if args.dry_run:
@@ -225,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in failures:
         print(f"FAILED {f['task']} {f['technique']}: {f['error']}")
     done_est, run_start, ran, i = 0.0, time.perf_counter(), 0, 0
-    for p, summary, reason, tail in _run_plan(todo, out_dir, timeout):
+    for p, summary, reason, tail in _run_plan(todo, out_dir, timeout, args.jobs):
         i += 1
         print(f"[{i}/{len(todo)}] {p.spec.task} {p.tech.id} {p.setting} ...", end=" ", flush=True)
-        done_est += p.estimate_s + spawn_each
+        done_est += (p.estimate_s + spawn_each) / args.jobs
         elapsed = time.perf_counter() - run_start
         # scale the remaining estimate by how the finished runs compared with theirs
         pace = min(max(elapsed / done_est, 0.25), 4.0) if done_est > 0 else 1.0

@@ -21,6 +21,11 @@ SENTENCES = ("Full fathom five thy father lies.", "We are such stuff as dreams a
              "Lord, what fools these mortals be!")
 
 
+# what each non-post-training kind reads from the task (refimpl/core/data.py)
+DATA_NEEDS = {"qat": "fine-tunes on the task's training data", "mixed-precision": "uses the task's training data",
+              "data-free": "no data (real calibration only in its `source=real` variant)",
+              "ptq-block": "calibration data needed", "diffusion": "calibration from the sampling trajectory"}
+
 def page_path(tid: str) -> str:
     return f"{TECH_DIR}/{tid}.md"
 
@@ -197,9 +202,9 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
     section = f"[{md_text(sub[1])}]({sub[0]})" if sub else md_text(
         "baseline (the survey's basics)" if tech.subcategory == "baseline" else tech.subcategory)
     bits = "any 1–16" if tech.bits is None else ", ".join(map(str, tech.bits))
-    calib = "needed" if tech.needs_calib else "not needed"
+    data = DATA_NEEDS.get(tech.kind) or ("calibration data needed" if tech.needs_calib else "no calibration data")
     lines = [f"# {md_text(tech.name)}", "",
-             f"{md_code(tech.id)} · {section} · kind {md_code(tech.kind)} · calibration data {calib} · "
+             f"{md_code(tech.id)} · {section} · kind {md_code(tech.kind)} · {data} · "
              f"weight bits {bits} · tasks {', '.join(md_code(t) for t in tech.tasks)}", "",
              "## What it does", "", docstring_markdown(tech.doc),
              "## Usage", "", "```python", usage_snippet(tech).rstrip(), "```", "",

@@ -93,6 +93,17 @@ def test_a_failing_run_inside_a_group_loses_only_itself(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["w4-pc-sym-a8.json", "w8-pc-sym-a8.json"]
 
 
+def test_parallel_jobs_give_the_same_records(tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    args = ["--only", "rtn", "mse_clip", "--task", "digits-cnn", "--quick", "--threads", "1"]
+    for out, extra in ((serial, []), (parallel, ["--jobs", "2"])):
+        assert bench.main(args + ["--out", str(out)] + extra) == 0
+    a, b = sorted(serial.rglob("*.json")), sorted(parallel.rglob("*.json"))
+    assert [p.relative_to(serial) for p in a] == [p.relative_to(parallel) for p in b] and len(a) == 2
+    for x, y in zip(a, b):
+        assert json.loads(x.read_text())["metrics"] == json.loads(y.read_text())["metrics"]
+
+
 def test_failures_file_merges_by_run(tmp_path):
     old = {"task": "t", "technique": "a", "setting": "s1", "error": "x"}
     other = {"task": "t", "technique": "b", "setting": "s1", "error": "y"}
