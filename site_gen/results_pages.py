@@ -86,6 +86,7 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
 
 
 def results_index(res: results.Results, techs: list) -> str:
+    from refimpl.bench.tasks import tasks_of
     lines = ["# Results", "",
              "Every number on this site is measured by `python -m site_gen bench` (each run in its own "
              "process, cached by code hash and configuration) and stored with its provenance under "
@@ -99,7 +100,7 @@ def results_index(res: results.Results, techs: list) -> str:
     for task in sorted(res.tasks):
         recs = res.of(task)
         cls = res.tasks[task]
-        able = sum(task in t.tasks for t in techs)
+        able = sum(task in tasks_of(t) for t in techs)
         lines.append(f"| [{md_text(task)}]({task}.md) | {md_text(cls.primary)} "
                      f"({'higher' if cls.higher_is_better else 'lower'} is better) "
                      f"| {len({r['technique'] for r in recs})} of {able} | {len(recs)} "

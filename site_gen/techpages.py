@@ -198,6 +198,7 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
                    tests: list[str], results_md: str) -> str:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
     page, label), for its own section and its papers' sections."""
+    from refimpl.bench.tasks import tasks_of
     sub = sub_links.get(tech.subcategory)
     section = f"[{md_text(sub[1])}]({sub[0]})" if sub else md_text(
         "baseline (the survey's basics)" if tech.subcategory == "baseline" else tech.subcategory)
@@ -205,7 +206,7 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
     data = DATA_NEEDS.get(tech.kind) or ("calibration data needed" if tech.needs_calib else "no calibration data")
     lines = [f"# {md_text(tech.name)}", "",
              f"{md_code(tech.id)} · {section} · kind {md_code(tech.kind)} · {data} · "
-             f"weight bits {bits} · tasks {', '.join(md_code(t) for t in tech.tasks)}", "",
+             f"weight bits {bits} · tasks {', '.join(md_code(t) for t in tasks_of(tech))}", "",
              "## What it does", "", docstring_markdown(tech.doc),
              "## Usage", "", "```python", usage_snippet(tech).rstrip(), "```", "",
              "From the command line (one measured run, and the benchmark matrix for this technique):", "",

@@ -336,6 +336,10 @@ class DigitsDDPMTask(Task):
     calib_n, calib_seq = 800, 0          # (x_t, t) pairs: 16 trajectories × 50 steps; seq is meaningless
     SETTINGS = ((8, 8), (4, 8), (4, 4))
     MIXED_SETTINGS = ()
+    # extra option sets the matrix runs: PTQ4DM-style single-step calibration, against Q-Diffusion's default
+    VARIANTS = {"qdiffusion_calib": ({"scheme": "single"},)}
+    # naive PTQ (rtn weights, min-max activations) and two weight methods, run by the harness as on digits-cnn
+    baselines = ("rtn", "gptq", "mse_clip")
 
     def __init__(self):
         super().__init__()

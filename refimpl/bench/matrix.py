@@ -27,7 +27,7 @@ from pathlib import Path
 
 from refimpl.bench import records
 from refimpl.bench.runner import PTQ_KINDS, RunSpec, config_of, setting_of, validate
-from refimpl.bench.tasks import TASKS
+from refimpl.bench.tasks import TASKS, tasks_of
 from refimpl.core.registry import Technique, all_techniques
 
 FINE_GRANULARITY = ("rtn", "gptq")          # also g128 and per-channel
@@ -170,7 +170,7 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
     result = Plan()
     code_now: dict[str, dict] = {}
     for tech, task_id in select(only, tasks, quick):
-        if task_id not in tech.tasks:
+        if task_id not in tasks_of(tech):
             if only or tasks:   # an explicit request the registry cannot serve: say so
                 result.skipped.append(f"{tech.id}: does not support {task_id}")
             continue

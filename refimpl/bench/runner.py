@@ -22,7 +22,7 @@ import torch
 
 from refimpl.bench import records
 from refimpl.bench.models import cache_dir
-from refimpl.bench.tasks import Task, get_task
+from refimpl.bench.tasks import Task, get_task, tasks_of
 from refimpl.core.config import QuantConfig, check_bits
 from refimpl.core.registry import Technique, get
 
@@ -49,8 +49,8 @@ def validate(spec: RunSpec) -> tuple[Technique, Task]:
     """Check a spec without loading a model; a problem is a ValueError naming the parameter."""
     tech = get(spec.technique)
     task = get_task(spec.task)
-    if task.id not in tech.tasks:
-        raise ValueError(f"task: {tech.id!r} does not support {task.id!r} (it supports: {', '.join(tech.tasks) or 'none'})")
+    if task.id not in tasks_of(tech):
+        raise ValueError(f"task: {tech.id!r} does not support {task.id!r} (it supports: {', '.join(tasks_of(tech)) or 'none'})")
     QuantConfig(bits=spec.bits, group_size=spec.group_size, sym=spec.sym, act_bits=spec.act_bits)
     if tech.bits is not None and spec.bits not in tech.bits:
         raise ValueError(f"bits: {tech.id!r} supports bits in {tech.bits}, got {spec.bits}")

@@ -39,6 +39,9 @@ class Task:
     calib_n: int = 16
     calib_seq: int = 256
     static_acts = False   # True: the harness quantizes activations for weight-only techniques
+    # techniques this task runs besides those that list it (e.g. its naive-PTQ baseline), so a new
+    # task can adopt existing techniques without editing their files (whose hash keys their results)
+    baselines: tuple[str, ...] = ()
 
     def __init__(self):
         self.tokenizer = None
@@ -256,6 +259,12 @@ class DigitsCNNTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers, DigitsCNNTask)}
+
+
+def tasks_of(tech) -> tuple[str, ...]:
+    """The tasks a technique runs on: those it lists, then those that adopt it as a baseline."""
+    return tuple(tech.tasks) + tuple(t for t in sorted(TASKS) if tech.id in TASKS[t].baselines
+                                     and t not in tech.tasks)
 
 
 def get_task(task_id: str) -> Task:

@@ -2,7 +2,7 @@
 
 A diffusion model is called once per sampler step, on inputs x_t whose statistics drift with t
 (pure noise at the start, nearly clean digits at the end). Every technique in this package
-needs the same three things, kept here once:
+needs the same pieces, kept here once:
 
 - `trajectory`: the (x_t, t) inputs the fp model sees along the fixed sampler, one batch per step;
 - `by_step`: calibration pairs grouped by their time step;
@@ -40,8 +40,8 @@ def by_step(pairs: list) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
         for value in t.unique().tolist():
             xs.setdefault(int(value), []).append(x[t == value])
-    return {s: (torch.cat(xs[s]), torch.full((sum(len(v) for v in xs[s]),), s, dtype=torch.long))
-            for s in sorted(xs, reverse=True)}
+    batches = {s: torch.cat(xs[s]) for s in sorted(xs, reverse=True)}
+    return {s: (x, torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)) for s, x in batches.items()}
 
 
 def subsample(pairs: list, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -91,6 +91,8 @@ def q_dit(model, cfg, data, *, budget_group: int = 32, min_group: int = 8, hessi
     for name, value in (("budget_group", budget_group), ("min_group", min_group), ("hessian_pairs", hessian_pairs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if cfg.group_size is not None:
+        raise ValueError("group_size: q_dit searches one group size per layer; set its budget with budget_group")
     pairs = data.need("calib", "q_dit")
     layers = find_linears(model, cfg.skip)
     # an even subset of the pairs (every step keeps its share) bounds the cost of H

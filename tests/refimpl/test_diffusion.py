@@ -232,6 +232,8 @@ def test_bad_input(setup):
         tdq(copy.deepcopy(fp), QuantConfig(bits=4), data)
     with pytest.raises(ValueError, match="^budget_group:"):
         q_dit(copy.deepcopy(fp), W4A8, data, budget_group=0)
+    with pytest.raises(ValueError, match="^group_size:"):
+        q_dit(copy.deepcopy(fp), QuantConfig(bits=4, group_size=16, act_bits=8), data)
     with pytest.raises(ValueError, match="^scheme:"):
         qdiffusion_calib(copy.deepcopy(fp), W4A8, data, scheme="random")
     with pytest.raises(ValueError, match="^n_pairs:"):
