@@ -76,13 +76,16 @@ def read_json(path: Path):
 
 
 def git_state(repo: Path = REPO) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the working tree; (None, None) outside git or before the first commit."""
+    """(commit, dirty) of the working tree (dirty: a tracked file outside results/ and
+    docs/generated/ differs from the commit); (None, None) outside git or before the first commit."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 timeout=10)
         if commit.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        # results/ and the generated pages change while a matrix runs: they are outputs, not code
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)results", ":(exclude)docs/generated"], cwd=repo,
                                 capture_output=True, text=True, timeout=10)
         return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):

@@ -87,3 +87,20 @@ def test_record_has_full_provenance(two_runs):
 def test_validate_names_the_bad_parameter(spec, param):
     with pytest.raises(ValueError, match=f"^{param}"):
         validate(RunSpec(**spec))
+
+
+def test_git_state_ignores_outputs_but_not_code(tmp_path):
+    import subprocess
+    run_git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run_git("init", "-q")
+    for rel in ("results/t/a.json", "docs/generated/p.md", "refimpl/x.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("0\n")
+    run_git("add", "-A")
+    run_git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert records.git_state(tmp_path)[1] is False
+    (tmp_path / "results/t/a.json").write_text("1\n")        # a matrix rewriting a record
+    (tmp_path / "docs/generated/p.md").write_text("1\n")
+    assert records.git_state(tmp_path)[1] is False
+    (tmp_path / "refimpl/x.py").write_text("1\n")             # code changed under the run
+    assert records.git_state(tmp_path)[1] is True
