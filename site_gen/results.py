@@ -3,11 +3,13 @@
 Records are read from `results/<task>/<technique>/<setting>.json` (written by `site_gen bench`;
 files starting with "_" are bookkeeping, not records). Nothing here runs a model.
 
-Provenance is never mixed silently. The reference is the newest record (by its date): a record
-from another commit is marked "older commit", from another torch "other torch", from an older
-task version "older task version", and one whose code hash (technique file + the refimpl modules
-it imports) differs from the code now in the tree "code changed since". The marks do not depend
-on the git HEAD, so committing does not make the generated pages stale; editing a technique does.
+Provenance is never mixed silently. The reference is the newest record (by its date). A record
+is marked † when its numbers may not be what the tree would give now: "code changed since" (its
+code hash — technique file + the refimpl modules it imports — differs from the code in the tree),
+"other torch", "older task version". A record from an older commit whose code is unchanged is
+not marked, but its commit is named beside it ("commit 05abf66") and in the provenance line.
+The marks do not depend on the git HEAD, so committing does not make the generated pages stale;
+editing a technique does.
 """
 from __future__ import annotations
 
@@ -143,19 +145,29 @@ class Results:
         return (cls.primary, cls.higher_is_better) if cls else ("", False)
 
     def flags(self, rec: dict) -> list[str]:
+        """Why a record's numbers may differ from what the tree gives now (empty: none)."""
         prov = rec["provenance"] if isinstance(rec["provenance"], dict) else {}
         out = []
-        if prov.get("git_commit") != self.ref.get("commit"):
-            out.append(f"older commit {str(prov.get('git_commit'))[:7]}")
+        now = self.code_now.get(rec["technique"])
+        if prov.get("git_commit") != self.ref.get("commit") and not now:
+            out.append(f"older commit {str(prov.get('git_commit'))[:7]}")   # no code hash to vouch for it
         if prov.get("torch") != self.ref.get("torch"):
             out.append(f"other torch {prov.get('torch')}")
         cls = self.tasks.get(rec["task"])
         if cls is not None and rec.get("task_version", cls.version) != cls.version:
             out.append("older task version")
-        now = self.code_now.get(rec["technique"])
         if now and prov.get("code_sha256") != now:
-            out.append("code changed since")
+            out.append(f"code changed since (commit {str(prov.get('git_commit'))[:7]})")
         return out
+
+    def note(self, rec: dict) -> str:
+        """The note column: † and the reasons, else the commit when it is not the newest one."""
+        reasons = self.flags(rec)
+        commit = rec["provenance"].get("git_commit") if isinstance(rec["provenance"], dict) else None
+        if commit != self.ref.get("commit") and not any(str(commit)[:7] in x for x in reasons):
+            reasons = reasons + [f"commit {str(commit)[:7]}"]
+        text = md_text("; ".join(reasons))
+        return ("† " + text) if self.flags(rec) else text
 
 
 def collect(root: Path, techniques: dict[str, dict]) -> Results:
@@ -233,7 +245,7 @@ def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
             cells += [fmt(rtn["metrics"].get(primary)) if rtn else "—"] * show_rtn
             cells += [fmt(r["fp_baseline"].get(primary))] + [fmt(r["metrics"].get(m)) for m in extra]
             cells += [("" if exact else "≈") + f"{bits:.3g}", fmt(r["timing"].get("wall_s")),
-                      ("† " + md_text("; ".join(res.flags(r)))) if res.flags(r) else ""]
+                      res.note(r)]
             rows.append("| " + " | ".join(cells) + " |")
         desc = res.tasks[task].description
         lines += [f"### {md_text(task)}", "", md_text(desc), "", *rows, "",

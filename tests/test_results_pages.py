@@ -70,9 +70,10 @@ def test_technique_page_table_has_ours_rtn_fp32_and_flags(measured):
     by_setting = {r[0]: r for r in rows[1:]}
     assert by_setting["W4A8 per-channel sym"][1:4] == ["0.97", "0.95", "0.99"]
     assert by_setting["W2A4 per-channel sym"][1:4] == ["0.8", "0.35", "0.99"]
-    # the record from another commit and torch is marked, the others are not
-    assert "older commit ddddddd" in by_setting["W2A4 per-channel sym"][-1]
+    # the record from another torch is marked, and its commit named; the others are not
+    assert by_setting["W2A4 per-channel sym"][-1].startswith("† ")
     assert "other torch 2.0.0" in by_setting["W2A4 per-channel sym"][-1]
+    assert "commit ddddddd" in by_setting["W2A4 per-channel sym"][-1]
     assert by_setting["W4A8 per-channel sym"][-1] == ""
     # a non-default option is its own row, never mixed into the default one
     assert by_setting["W4A8 per-channel sym · grid=10"][1] == "0.96"
@@ -265,3 +266,14 @@ def test_built_site_pages_are_under_one_megabyte():
     big = [(p.relative_to(ROOT).as_posix(), p.stat().st_size) for p in (ROOT / "site").rglob("*.html")
            if p.stat().st_size > PAGE_LIMIT]
     assert not big
+
+
+def test_an_older_commit_with_unchanged_code_is_named_not_marked(tmp_path):
+    root = make_tree(tmp_path)
+    write_record(root, "rtn", 4, 8, 0.95, date="2026-01-03T00:00:00+00:00")
+    write_record(root, "rtn", 2, 4, 0.35, commit="e" * 40)
+    page = build.generate(root, techniques=TECHS)["docs/generated/techniques/rtn.md"]
+    rows = {r[0]: r for r in table_rows(page[page.index("## Results"):])[1:]}
+    assert rows["W2A4 per-channel sym"][-1] == "commit eeeeeee"
+    assert rows["W4A8 per-channel sym"][-1] == ""
+    assert "marked †" not in page and "eeeeeee" in page.split("Provenance:")[1]
