@@ -381,7 +381,9 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
     for (tid, var), cells in sorted(rows.items(), key=rank):
         if not any(k in cells for k in cols):
             continue
-        name = f"[{md_text(res.names.get(tid, tid))}]({tech_links[tid]})" if tid in tech_links \
+        # the short id keeps the table narrow; the full name is the link's tooltip
+        name = f"[{md_text(tid)}]({tech_links[tid]} \"{md_text(res.names.get(tid, tid)).replace(chr(34), '')}\")" \
+            if tid in tech_links \
             else md_text(tid)
         out = []
         for key in cols:
