@@ -57,7 +57,7 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
         own += [p for p in papers if t.id in (p.get("refimpl") or []) and p["id"] != t.paper]
         part.pages[techpages.page_path(t.id)] = techpages.technique_page(
             t, techniques[t.id].get("source", ""), from_tech, own,
-            techpages.find_tests(tests, t), body)
+            techpages.find_tests(tests, t), body, _read(root, techniques[t.id].get("source", "")))
         part.files.update({f"docs/{k}": v for k, v in charts.items()})
     counts = {t.id: sum(r["technique"] == t.id for r in res.records) for t in techs}
     part.pages[f"{techpages.TECH_DIR}/index.md"] = techpages.index_page(techs, from_tech, counts)
@@ -89,6 +89,11 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
         {"Results": [f"{RESULTS_DIR}/index.md", *boards, {"Peers panel": f"{RESULTS_DIR}/peers.md"}]},
     ]
     return part
+
+
+def _read(root: Path, rel: str) -> str:
+    path = Path(root) / rel
+    return path.read_text(encoding="utf-8") if rel and path.is_file() else ""
 
 
 def results_index(res: results.Results, techs: list) -> str:

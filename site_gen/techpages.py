@@ -195,7 +195,7 @@ def find_tests(tests: dict[str, str], tech) -> list[str]:
 
 
 def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], papers: list[dict],
-                   tests: list[str], results_md: str) -> str:
+                   tests: list[str], results_md: str, code: str = "") -> str:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
     page, label), for its own section and its papers' sections."""
     from refimpl.bench.tasks import tasks_of
@@ -219,6 +219,12 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
         lines.append("")
     lines += ["## Source and tests", "", f"- source: {md_code(source)}"]
     lines += [f"- tests: {md_code(t)}" for t in tests] or ["- tests: _none found_"]
+    if code:
+        # the whole module, folded: the page and the code it describes side by side
+        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", code)), default=0))
+        lines += ["", f'??? example "The code: {source}"', "", f"    {fence}python"]
+        lines += [("    " + line).rstrip() for line in code.rstrip("\n").split("\n")]
+        lines += [f"    {fence}"]
     lines += ["", "## Paper", ""]
     for p in papers:
         filed = [f"[{md_text(sub_links[s][1])}]({sub_links[s][0]})" for s in dict.fromkeys(p["subcategories"])
