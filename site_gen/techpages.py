@@ -139,7 +139,8 @@ def usage_snippet(tech) -> str:
             "print(f\"test accuracy {accuracy(model, split['test']):.4f}\")",
         ]) + "\n"
     if tech.kind in PTQ_KINDS and "minilm-layers" in tech.tasks:
-        call = f'refimpl.quantize(model, "{tech.id}", bits={bits}, group_size=64' + \
+        grid = "sym=True" if tech.channel_sym_only else "group_size=64"
+        call = f'refimpl.quantize(model, "{tech.id}", bits={bits}, {grid}' + \
                (", calib=calib" if calib_needed else "") + _opts_text(opts) + ")"
         return "\n".join([
             "import refimpl",

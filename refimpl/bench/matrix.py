@@ -61,6 +61,11 @@ def specs_for(tech, task_id: str, quick: bool = False) -> tuple[list[RunSpec], l
     else:   # a technique with its own bit-widths (xnor: 1, twn: 2) runs at those up to 4 bits
         own = sorted(b for b in tech.bits if b <= 4) or [min(tech.bits)]
         allowed = [min(own, key=lambda b: abs(b - 4))] if quick else own
+    if tech.channel_sym_only:   # its grid has no groups and no zero-point (fixed_point)
+        out = [RunSpec(tech.id, task_id, bits=b, group_size=None, sym=True) for b in allowed]
+        if not quick and tech.id in WEIGHT_ACT and tech.kind == "ptq-weight-act":
+            out += [RunSpec(tech.id, task_id, bits=w, group_size=None, sym=True, act_bits=8) for w in (8, 4)]
+        return out, skipped
     out = [RunSpec(tech.id, task_id, bits=b, group_size=64) for b in allowed]
     if quick:
         return out, skipped

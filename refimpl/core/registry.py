@@ -43,6 +43,7 @@ class Technique:
     fn: Callable = field(repr=False, compare=False)
     needs_calib: bool = False
     calib_free_when: tuple[tuple[str, object], ...] = ()   # options under which no data is needed
+    channel_sym_only: bool = False   # its grid is always symmetric, one scale per output channel
     bits: tuple[int, ...] | None = None   # the only bit-widths it supports (None: any 1..16)
     module: str = ""
     doc: str = ""
@@ -71,7 +72,8 @@ class Technique:
 
 def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
              tasks: tuple[str, ...] | list[str], needs_calib: bool = False,
-             bits: tuple[int, ...] | None = None, calib_free_when: dict | None = None) -> Callable:
+             bits: tuple[int, ...] | None = None, calib_free_when: dict | None = None,
+             channel_sym_only: bool = False) -> Callable:
     """Decorator: register `fn` as technique `id`. Re-registration of the same id is an error."""
     if kind not in KINDS:
         raise ValueError(f"register({id!r}): kind must be one of {KINDS}, got {kind!r}")
@@ -84,7 +86,7 @@ def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
         _REGISTRY[id] = Technique(
             id=id, name=name, subcategory=subcategory, paper=paper, kind=kind,
             tasks=tuple(tasks), fn=fn, needs_calib=needs_calib,
-            calib_free_when=tuple(sorted((calib_free_when or {}).items())),
+            calib_free_when=tuple(sorted((calib_free_when or {}).items())), channel_sym_only=channel_sym_only,
             bits=tuple(bits) if bits else None, module=fn.__module__,
             doc=(module.__doc__ or "") if module else "",
         )

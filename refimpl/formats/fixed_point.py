@@ -124,10 +124,17 @@ class FixedPointLinear(nn.Module):
 
 
 @register(id="fixed_point", name="Fixed-point (power-of-two scales)", subcategory="3.6.2", paper="f8net",
-          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"), bits=tuple(range(2, 17)))
+          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"), bits=tuple(range(2, 17)),
+          channel_sym_only=True)
 @torch.no_grad()
 def fixed_point(model, cfg, calib):
     """Weights to b-bit fixed point per channel; with act_bits, inputs to dynamic fixed point."""
+    # a power-of-two scale per output channel on a signed grid: groups or a zero-point would be
+    # silently ignored, so they are refused
+    if cfg.group_size is not None:
+        raise ValueError("group_size: fixed_point uses one fractional length per output channel; use None")
+    if not cfg.sym:
+        raise ValueError("sym: fixed_point codes are signed integers (a symmetric grid); pass sym=True")
     for name, layer in find_linears(model, cfg.skip).items():
         W = layer.weight
         fw = frac_length(W.float(), cfg.bits)

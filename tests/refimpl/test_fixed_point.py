@@ -38,7 +38,7 @@ def test_frac_length_is_mse_optimal_over_all_lengths(minilm, bits):
 
 
 def test_weights_become_integers_times_powers_of_two(minilm):
-    q = refimpl.quantize(block0(minilm), "fixed_point", bits=8)
+    q = refimpl.quantize(block0(minilm), "fixed_point", sym=True, bits=8)
     for n, l in find_linears(q).items():
         W = l.weight.detach()
         f = frac_length(W, 8)
@@ -58,7 +58,7 @@ def test_shift_round_is_round_half_even():
 def test_integer_only_linear_equals_fake_quant_float64_path(minilm):
     model = block0(minilm)
     lin = model.attention.self.query
-    q = refimpl.quantize(model, "fixed_point", bits=8, act_bits=8)
+    q = refimpl.quantize(model, "fixed_point", sym=True, bits=8, act_bits=8)
     fpl = q.attention.self.query
     assert isinstance(fpl, FixedPointLinear)
     X = real_inputs(minilm)
@@ -97,16 +97,20 @@ def test_more_bits_less_error_and_activation_quantization_costs_some(minilm):
     ref = minilm[0].encoder.layer[0].intermediate.dense(X)
 
     def err(**kw):
-        q = refimpl.quantize(block0(minilm), "fixed_point", **kw)
+        q = refimpl.quantize(block0(minilm), "fixed_point", sym=True, **kw)
         y = q.intermediate.dense(X)
         return float((y - ref).norm() / ref.norm())
     e8, e4, e8a8 = err(bits=8), err(bits=4), err(bits=8, act_bits=8)
     assert e8 < e8a8 < e4 and e8 < 0.02
 
 
-@pytest.mark.parametrize("kwargs,param", [(dict(bits=1), "bits"), (dict(bits=8, act_bits=0), "act_bits"),
-                                          (dict(bits=8, f_range=3), "f_range")])
+@pytest.mark.parametrize("kwargs,param", [(dict(bits=1, sym=True), "bits"),
+                                          (dict(bits=8, sym=True, act_bits=0), "act_bits"),
+                                          (dict(bits=8, sym=True, f_range=3), "f_range"),
+                                          (dict(bits=4, sym=True, group_size=8), "group_size"),
+                                          (dict(bits=4), "sym")])
 def test_bad_input(kwargs, param):
+    # groups and zero-points do not exist on this grid: refused, never silently ignored
     with pytest.raises(ValueError, match=f"^{param}: "):
         refimpl.quantize(nn.Sequential(nn.Linear(16, 8)), "fixed_point", **kwargs)
 
@@ -116,8 +120,8 @@ def test_cuda_integer_path_matches_cpu():
     torch.manual_seed(0)
     lin = nn.Linear(64, 32)
     x = torch.randn(10, 64)
-    model = refimpl.quantize(nn.Sequential(copy.deepcopy(lin)), "fixed_point", bits=8, act_bits=8)
-    gpu = refimpl.quantize(nn.Sequential(copy.deepcopy(lin)).cuda(), "fixed_point", bits=8, act_bits=8)
+    model = refimpl.quantize(nn.Sequential(copy.deepcopy(lin)), "fixed_point", sym=True, bits=8, act_bits=8)
+    gpu = refimpl.quantize(nn.Sequential(copy.deepcopy(lin)).cuda(), "fixed_point", sym=True, bits=8, act_bits=8)
     outs = []
     for m, xx in ((model[0], x), (gpu[0], x.cuda())):
         q_x, fx = m.quantize_input(xx)
