@@ -49,10 +49,13 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
     tests = techpages.read_tests(root)
     papers_by_id = {p["id"]: p for p in papers}
 
+    # the diffusion activation-range profile: shown on the digits-ddpm leaderboard and the tdq page
+    profile, profile_charts = results.act_range_section(root, "../plots", cache)
+    part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     for t in techs:
         body, charts = results.technique_tables(t.id, res, "../plots", cache)
         if t.id == "tdq":
-            body = body.rstrip("\n") + "\n\n" + results.act_range_section(root, "../plots", cache)[0]
+            body = body.rstrip("\n") + "\n\n" + profile
         own = [papers_by_id[t.paper]] if t.paper in papers_by_id else []
         own += [p for p in papers if t.id in (p.get("refimpl") or []) and p["id"] != t.paper]
         part.pages[techpages.page_path(t.id)] = techpages.technique_page(
@@ -71,8 +74,6 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
 
     from_results = {t.id: f"../techniques/{t.id}.md" for t in techs}
     boards = []
-    profile, profile_charts = results.act_range_section(root, "../plots", cache)
-    part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     for task in sorted(res.tasks):
         text, charts = results.leaderboard(task, res, from_results, "../plots", cache)
         if task == "digits-ddpm" and profile:
