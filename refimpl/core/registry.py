@@ -33,6 +33,30 @@ _NOT_TECHNIQUES = {"core", "bench"}
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """One way a module departs from its paper, stated so that the technique page can show it."""
+    what: str      # what differs, concretely (e.g. "200 optimisation steps per layer, not 10,000")
+    why: str       # why we keep it (CPU budget, the task has no such layer, ...)
+    effect: str    # expected effect on the results (direction, size when measured)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper that our tasks can test, as data: the site computes its verdict from records.
+
+    Confirmed when this technique's cell beats `versus` on `metric` and the paired interval of the
+    difference excludes zero; not confirmed when it is worse beyond the interval; inconclusive otherwise.
+    """
+    text: str              # the claim in words, e.g. "p=1/2 beats always quantizing (p=0) at W2A4"
+    task: str              # bench task id
+    setting: str           # record setting name of this technique's cell, e.g. "w2-pc-sym-a4"
+    versus: str            # "<technique>/<setting>" of the cell to compare with
+    metric: str            # key of the record's metrics, e.g. "accuracy", "ppl"
+    higher_is_better: bool
+    cause: str = ""        # the likely cause when the claim is not confirmed here
+
+
+@dataclass(frozen=True)
 class Technique:
     id: str
     name: str
@@ -47,6 +71,9 @@ class Technique:
     bits: tuple[int, ...] | None = None   # the only bit-widths it supports (None: any 1..16)
     module: str = ""
     doc: str = ""
+    # None means "never reviewed" (a test fails on it); () means "reviewed: follows the paper".
+    deviations: tuple[Deviation, ...] | None = None
+    claims: tuple[Claim, ...] = ()
 
     @property
     def source_file(self) -> Path:
@@ -73,7 +100,8 @@ class Technique:
 def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
              tasks: tuple[str, ...] | list[str], needs_calib: bool = False,
              bits: tuple[int, ...] | None = None, calib_free_when: dict | None = None,
-             channel_sym_only: bool = False) -> Callable:
+             channel_sym_only: bool = False, deviations: tuple | list | None = None,
+             claims: tuple | list = ()) -> Callable:
     """Decorator: register `fn` as technique `id`. Re-registration of the same id is an error."""
     if kind not in KINDS:
         raise ValueError(f"register({id!r}): kind must be one of {KINDS}, got {kind!r}")
@@ -89,6 +117,7 @@ def register(*, id: str, name: str, subcategory: str, paper: str, kind: str,
             calib_free_when=tuple(sorted((calib_free_when or {}).items())), channel_sym_only=channel_sym_only,
             bits=tuple(bits) if bits else None, module=fn.__module__,
             doc=(module.__doc__ or "") if module else "",
+            deviations=None if deviations is None else tuple(deviations), claims=tuple(claims),
         )
         return fn
 
