@@ -1,0 +1,153 @@
+"""Uncertainty of measured metrics: seed spread, bootstrap intervals and paired comparisons.
+
+A record may carry `per_example`: the raw per-test-example quantities its metric is aggregated
+from (digits: `correct` 0/1 per test image; perplexity: `nll_sum` and `tokens` per evaluation
+window; DDPM: none, its Fréchet distance is a set statistic and its noise comes from seeds).
+From those, a paired bootstrap over examples gives an interval for the difference between two
+cells measured on the same examples; several seeds of one cell give a t-interval of the mean.
+An ordering is claimed only when every available interval of the difference excludes zero.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOT = 2000
+LEVEL = 0.95
+BOOT_SEED = 0
+
+# two-sided 97.5% quantiles of Student's t for small degrees of freedom (df >= 31: normal)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df > 30:
+        return 1.96
+    return _T975.get(df) or _T975[max(k for k in _T975 if k <= df)]
+
+
+def _accuracy(ex: dict, idx: np.ndarray) -> float:
+    return float(np.asarray(ex["correct"], dtype=float)[idx].mean())
+
+
+def _nll(ex: dict, idx: np.ndarray) -> float:
+    return float(np.asarray(ex["nll_sum"], dtype=float)[idx].sum() / np.asarray(ex["tokens"], dtype=float)[idx].sum())
+
+
+def _ppl(ex: dict, idx: np.ndarray) -> float:
+    return math.exp(_nll(ex, idx))
+
+
+# metric name -> statistic of a resampled set of examples; only these metrics have per-example data
+STATISTICS = {"accuracy": _accuracy, "nll": _nll, "ppl": _ppl}
+
+
+def n_examples(ex: dict) -> int:
+    lengths = {len(v) for v in ex.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"per_example fields differ in length: { {k: len(v) for k, v in ex.items()} }")
+    return lengths.pop()
+
+
+def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci(ex: dict, metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                 level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of `metric` over the test examples of one record."""
+    stat = STATISTICS[metric]
+    idx = _indices(n_examples(ex), n_boot, seed)
+    values = np.array([stat(ex, i) for i in idx])
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def paired_bootstrap(exs_a: list[dict], exs_b: list[dict], metric: str, n_boot: int = N_BOOT,
+                     seed: int = BOOT_SEED, level: float = LEVEL) -> tuple[float, float, float]:
+    """(difference a − b, low, high) of `metric`, resampling the same examples for both sides.
+
+    exs_a[i] and exs_b[i] are the per-example data of seed i of each cell (same test examples);
+    each resample averages the difference over the seeds, so example noise is what the interval
+    measures. Seed noise is measured separately by `seed_interval`.
+    """
+    if len(exs_a) != len(exs_b) or not exs_a:
+        raise ValueError("paired_bootstrap needs the same number (>= 1) of seeds on both sides")
+    stat = STATISTICS[metric]
+    n = n_examples(exs_a[0])
+    if any(n_examples(e) != n for e in exs_a + exs_b):
+        raise ValueError("paired_bootstrap needs both cells measured on the same examples")
+    full = np.arange(n)
+    diff = float(np.mean([stat(a, full) - stat(b, full) for a, b in zip(exs_a, exs_b)]))
+    idx = _indices(n, n_boot, seed)
+    diffs = np.array([np.mean([stat(a, i) - stat(b, i) for a, b in zip(exs_a, exs_b)]) for i in idx])
+    q = (1 - level) / 2
+    return diff, float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q))
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    n: int
+    mean: float
+    std: float          # sample standard deviation (0 for one seed)
+    lo: float           # 95% t-interval of the mean (equal to mean for one seed)
+    hi: float
+
+
+def seed_summary(values: list[float]) -> SeedSummary:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("seed_summary needs at least one value")
+    mean = float(v.mean())
+    if v.size == 1:
+        return SeedSummary(1, mean, 0.0, mean, mean)
+    std = float(v.std(ddof=1))
+    half = t975(v.size - 1) * std / math.sqrt(v.size)
+    return SeedSummary(int(v.size), mean, std, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    diff: float                 # a − b of the metric (mean over seeds)
+    lo: float                   # the widest low end over the intervals available
+    hi: float
+    methods: tuple[str, ...]    # which intervals were used ("paired bootstrap", "seeds")
+    verdict: str                # "better" | "worse" | "tie" (interval contains 0) | "unknown"
+
+
+def compare(recs_a: list[dict], recs_b: list[dict], metric: str, higher_is_better: bool) -> Comparison:
+    """Compare two cells given their records over the same seeds (paired by position).
+
+    "better"/"worse" only when every available interval of the difference excludes zero
+    on the same side; "unknown" when no interval can be computed (one seed, no per-example data).
+    """
+    a_vals = [r["metrics"][metric] for r in recs_a]
+    b_vals = [r["metrics"][metric] for r in recs_b]
+    n = min(len(a_vals), len(b_vals))
+    diff = float(np.mean(a_vals[:n]) - np.mean(b_vals[:n]))
+    intervals, methods = [], []
+    exs_a = [r.get("per_example") for r in recs_a[:n]]
+    exs_b = [r.get("per_example") for r in recs_b[:n]]
+    if metric in STATISTICS and all(exs_a) and all(exs_b):
+        _, lo, hi = paired_bootstrap(exs_a, exs_b, metric)
+        intervals.append((lo, hi))
+        methods.append("paired bootstrap")
+    if n >= 3:
+        s = seed_summary([x - y for x, y in zip(a_vals, b_vals)])
+        intervals.append((s.lo, s.hi))
+        methods.append("seeds")
+    if not intervals:
+        return Comparison(diff, math.nan, math.nan, (), "unknown")
+    lo = min(i[0] for i in intervals)
+    hi = max(i[1] for i in intervals)
+    if lo > 0 or hi < 0:
+        up = lo > 0
+        verdict = "better" if up == higher_is_better else "worse"
+    else:
+        verdict = "tie"
+    return Comparison(diff, lo, hi, tuple(methods), verdict)
