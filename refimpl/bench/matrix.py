@@ -106,7 +106,9 @@ def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:
         return False
     prov = old.get("provenance") or {}
     now = now or records.provenance(tech)
+    inputs = old.get("inputs") or {}
     return (old.get("config") == config
+            and inputs.get("model_sha256") == task.model_sha256()
             and prov.get("code_sha256") == now["code_sha256"]
             and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
 

@@ -193,3 +193,74 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def sha256_data(obj) -> str | None:
+    """A hash of calibration or evaluation data: tensors (shape, dtype, bytes), nested in lists,
+    tuples and dicts, or text; None for no data."""
+    import hashlib
+
+    import torch
+    if obj is None:
+        return None
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x):
+                feed(str(k))
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"S{x!r}".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def mean_metrics(runs: list[dict]) -> dict:
+    """Metrics of a cell over its seeds: the mean of every float metric; anything else (counts,
+    sizes, histograms) from the first seed, as those do not depend on the seed."""
+    out = {}
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(first, float) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values) / len(values)
+        else:
+            out[key] = first
+    return out
+
+
+def intervals(runs: list[dict], task) -> dict:
+    """95% intervals of the cell's metrics: over test examples (bootstrap of the seed-averaged
+    statistic, where per-example data exist) and over seeds (t-interval, with >= 2 seeds); `lo`
+    and `hi` span both, so a reader sees the larger uncertainty."""
+    from refimpl.bench import stats
+    out = {}
+    exs = [r.get("per_example") for r in runs]
+    for metric in (task.primary, *getattr(task, "interval_metrics", ())):
+        values = [r["metrics"].get(metric) for r in runs]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        s = stats.seed_summary(values)
+        entry = {"n_seeds": s.n, "mean": s.mean, "std": s.std}
+        spans = []
+        if s.n >= 2:
+            entry["seeds"] = [s.lo, s.hi]
+            spans.append(entry["seeds"])
+        if metric in stats.STATISTICS and all(exs):
+            entry["examples"] = list(stats.mean_bootstrap_ci(exs, metric))
+            entry["n_examples"] = stats.n_examples(exs[0])
+            spans.append(entry["examples"])
+        if spans:
+            entry["lo"], entry["hi"] = min(a for a, _ in spans), max(b for _, b in spans)
+        out[metric] = entry
+    return out
