@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds per run before it is killed (default {DEFAULT_TIMEOUT_S}, "
                         f"--quick {QUICK_TIMEOUT_S})")
     p.add_argument("--threads", type=int, default=None, help="torch threads of every run")
+    p.add_argument("--verify", nargs="?", type=int, const=-1, default=None, metavar="N",
+                   help="re-run N committed cells drawn at random (all cells of --task/--only without N) "
+                        "and check each new value against its record's interval; runs nothing else")
+    p.add_argument("--verify-seed", type=int, default=0, help="seed of the --verify draw (default 0)")
     p.add_argument("--jobs", type=int, default=1,
                    help="children running at once (each runs one technique's settings on one task); "
                         "with --jobs N use --threads 1 so that N runs share N cores")
@@ -229,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print("error: --jobs: must be a positive integer", file=sys.stderr)
         return 2
+    if args.verify is not None:
+        return verify(args, out_dir, timeout)
     try:
         todo_plan = matrix.plan(args.only, args.task, quick=args.quick, force=args.force,
                                 out_dir=out_dir, threads=args.threads)
@@ -278,6 +284,54 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ran {ran}, cached {len(cached)}, failed {len(failures)}, "
           f"wall {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
+
+
+def verify(args, out_dir: Path, timeout: float) -> int:
+    """--verify: re-run committed cells in a scratch folder and judge each against its interval."""
+    import tempfile
+
+    from refimpl.bench import records
+    from refimpl.bench import verify as ver
+    from refimpl.bench.tasks import get_task
+    from site_gen.results import load_records
+    if args.verify < -1 or args.verify == 0:
+        print("error: --verify: N must be a positive integer", file=sys.stderr)
+        return 2
+    root = out_dir.parent if out_dir.name == "results" else None
+    recs = load_records(root) if root is not None else _records_under(out_dir)
+    recs = [r for r in recs if (not args.task or r["task"] in args.task) and (not args.only or r["technique"] in args.only)]
+    current, stale = [], []
+    for r in recs:
+        reason = ver.stale_reason(r)
+        (stale if reason else current).append((r, reason))
+    n = None if args.verify == -1 else args.verify
+    chosen = ver.choose([r for r, _ in current], n, args.verify_seed)
+    print(f"verify: {len(chosen)} of {len(current)} current cells (draw seed {args.verify_seed}); "
+          f"{len(stale)} stale records not verified", flush=True)
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="atlas-verify-") as tmp:
+        groups: dict[tuple, list] = {}
+        for r in chosen:
+            groups.setdefault((r["task"], r["technique"]), []).append(r)
+        for group in groups.values():
+            runs = run_group([ver.spec_of(r) for r in group], Path(tmp), timeout)
+            for r, (_spec, _summary, reason, tail) in zip(group, runs):
+                new = records.read_json(records.record_path(Path(tmp), r["task"], r["technique"], r["setting"]))
+                verdicts.append(ver.judge(r, new if isinstance(new, dict) and not reason else None,
+                                          get_task(r["task"]).primary))
+                print(verdicts[-1].line() + (f" ({reason}: {' | '.join(tail[-2:])})" if reason else ""), flush=True)
+    bad = [v for v in verdicts if not v.ok]
+    print(f"verified {len(verdicts)}: {len(verdicts) - len(bad)} within their interval, {len(bad)} mismatched")
+    return 1 if bad else 0
+
+
+def _records_under(folder: Path) -> list[dict]:
+    out = []
+    for path in sorted(folder.glob("*/*/*.json")):
+        if not path.name.startswith("_"):
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            out.append(dict(rec, _file=path.relative_to(folder).as_posix()))
+    return out
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ RESULTS = REPO / "results"
 
 # every record has these top-level fields (tests and the site generator rely on them)
 RECORD_FIELDS = ("schema", "technique", "task", "setting", "config", "metrics", "fp_baseline", "caveat",
-                 "provenance", "timing", "memory")
+                 "provenance", "timing", "memory", "inputs", "seed_runs", "intervals")
 PROVENANCE_FIELDS = ("git_commit", "git_dirty", "torch", "transformers", "python", "cpu", "device", "threads",
                      "date", "technique_module", "technique_source_sha256", "code_sha256")
 
