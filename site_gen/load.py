@@ -18,7 +18,7 @@ PAPERS = ROOT / "papers"
 # hand-written files diff cleanly.
 FIELD_ORDER = (
     "id", "title", "authors", "year", "venue", "url", "arxiv", "code",
-    "subcategories", "classified_by", "tags", "aliases", "refimpl", "sources", "flags", "notes",
+    "subcategories", "contribution", "why", "classified_by", "tags", "aliases", "refimpl", "sources", "flags", "notes",
 )
 
 
