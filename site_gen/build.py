@@ -98,8 +98,9 @@ def paper_problems(entry: object, rel: str, sub_ids: set[str]) -> list[str]:
     if not isinstance(year, int) or isinstance(year, bool):
         problems.append(f"{rel}: `year` must be an integer")
     subs = entry.get("subcategories")
-    if not isinstance(subs, list) or not subs or not all(isinstance(s, str) for s in subs):
-        problems.append(f"{rel}: `subcategories` must be a non-empty list of ids")
+    if not isinstance(subs, list) or not all(isinstance(s, str) for s in subs) or (
+            not subs and entry.get("contribution", "method") == "method"):
+        problems.append(f"{rel}: `subcategories` must be a list of ids (non-empty for a method)")
     else:
         problems += [f"{rel}: unknown sub-category {s!r} (see taxonomy.yaml)"
                      for s in subs if s not in sub_ids]
