@@ -86,6 +86,10 @@ SURVEY_TITLES = {
     r"^post-training quantization with progressive calibration and activation relaxing for text-to-image diffusion models$": "PCR",
     r"^timestep-aware correction for quantized diffusion models$": "TAC-Diffusion",
     r"^quantized distributed training of large models with convergence guarantees$": "QSDP",
+    r"^fine-grained data distribution alignment for post-training quantization$": "FDDA",
+    r"^stochastic precision ensemble: self-knowledge distillation for quantized deep neural networks$": "SPEQ",
+    r"^automatic joint structured pruning and quantization for efficient neural network training and compression$": "GETA",
+    r"^pushing the limits of narrow precision inferencing at cloud scale with microsoft floating point$": "MSFP",
 }
 
 # Title-prefix names that also belong to an unrelated paper: the prefix alone is not

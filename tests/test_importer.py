@@ -201,7 +201,10 @@ def test_bad_source_file_is_one_line_error(kb, tmp_path, capsys, content, needle
     ("Up or Down? Adaptive Rounding for Post-Training Quantization", "AdaRound", ["3.4.4"]),
     ("Loftq: Lora-fine-tuning-aware quantization for large language models", "LoftQ", ["3.6.3"]),
     ("SQuant: On-the-Fly Data-Free Quantization via Diagonal Hessian Approximation", "SQuant", ["3.5.1"]),
-], ids=["gptq", "hawqv3-spelling", "two-boxes", "full-title", "case", "squant"])
+    ("Fine-grained Data Distribution Alignment for Post-Training Quantization", "FDDA", ["3.3.4"]),
+    ("Stochastic Precision Ensemble: Self-Knowledge Distillation for Quantized Deep Neural Networks", "SPEQ", ["3.8"]),
+    ("Post-training Quantization on Diffusion Models", "PTQ4DM", ["3.3.1", "3.7.2"]),
+], ids=["gptq", "hawqv3-spelling", "two-boxes", "full-title", "case", "squant", "fdda", "speq", "ptq4dm-two-boxes"])
 def test_survey_match(title, method, subs):
     assert survey_match(title, INDEX) == (method, subs)
 
