@@ -323,9 +323,15 @@ def read_removed(papers: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the queue
+def _listing_order(r: Record) -> tuple:
+    """Records with an arXiv id first, then by list and line, so the choice is stable."""
+    line = r.where.get("line")
+    return r.arxiv is None, r.source, line if isinstance(line, int) else 0
+
+
 def _best(group: list[Record]) -> Record:
-    """The record whose title and link represent the paper: one with an arXiv id, then list order."""
-    return min(group, key=lambda r: (r.arxiv is None, r.source, r.where.get("line", 0) if isinstance(r.where.get("line"), int) else 0))
+    """The record whose title and link represent the paper."""
+    return min(group, key=_listing_order)
 
 
 def candidate(group: list[Record], taken: set[str], index: dict) -> dict:
