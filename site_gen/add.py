@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and the title's keyword hint is printed")
     parser.add_argument("--why", required=True, help="one line: what the core technique does → where it is filed")
     parser.add_argument("--contribution", default=check.METHOD,
-                        help="method (default), survey, benchmark, hardware or analysis")
+                        help="method (default), training, survey, benchmark, hardware or analysis")
     parser.add_argument("--tag", action="append", default=[], help="tag from taxonomy.yaml (repeatable)")
     parser.add_argument("--venue", help="venue from taxonomy.yaml `venues:` (default: arXiv)")
     parser.add_argument("--code", metavar="URL", help="link to the official code")

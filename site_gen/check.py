@@ -68,9 +68,9 @@ ALLOWED_TAGS = {
 
 ERROR, WARNING = "error", "warning"
 
-# Entries not yet read — still filed by a keyword rule (`classified_by: rule`), or filed before
-# `why` existed and not yet given one — are tolerated while the knowledge base is being read paper
-# by paper (issue 10). Flip this to ERROR once `site_gen check` reports that none is left.
+# Entries still filed by a keyword rule (`classified_by: rule`) are tolerated while the
+# knowledge base is being read paper by paper (issue 10). Flip this to ERROR once
+# `site_gen check` reports that no rule entry is left.
 RULE_ENTRY_SEVERITY = WARNING
 
 
@@ -698,7 +698,7 @@ def is_method(entry: Entry) -> bool:
     return entry.data.get("contribution", METHOD) in (METHOD, None)
 
 
-@rule(RULE_ENTRY_SEVERITY)
+@rule(ERROR)
 def check_why(entry: Entry, ctx: Context) -> Iterator[Finding]:
     """Every entry a person filed says why, in one line (`why`); only keyword-rule entries lack it."""
     filed_by = entry.data.get("classified_by")

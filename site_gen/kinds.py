@@ -15,9 +15,11 @@ from site_gen.render import (FILED_BY, by_year_then_title, count_label, html_att
 
 METHOD = "method"
 # Page heading per contribution kind; a kind taxonomy.yaml adds later is shown by its name.
-HEADINGS = {"method": "Methods", "survey": "Surveys", "benchmark": "Benchmarks and studies",
+HEADINGS = {"method": "Methods", "training": "Low-precision training and communication", "survey": "Surveys", "benchmark": "Benchmarks and studies",
             "hardware": "Hardware and kernels", "analysis": "Analyses"}
 INTROS = {
+    "training": ("Quantized training and communication: low-bit gradients, optimizer states, stored activations "
+                 "and exchanged updates. They make training cheaper; the model they deliver is not itself low-bit."),
     "survey": "Surveys and overviews of quantization.",
     "benchmark": "Empirical studies, evaluations and toolkits that compare quantization methods.",
     "hardware": "Accelerators, kernels, FPGA/ASIC designs and inference engines for quantized networks.",

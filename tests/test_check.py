@@ -75,7 +75,6 @@ BROKEN = [
     ("arxiv-float", "arxiv: '2210.17323'", "arxiv: 2210.17323", "arxiv", r"must be a string, got number \(quote it: \"2210.17323\"\)"),
     ("arxiv-malformed", "arxiv: '2210.17323'", "arxiv: '2210.1732'", "arxiv", "is not an arXiv id"),
     ("arxiv-bad-month", "arxiv: '2210.17323'", "arxiv: '2213.17323'", "arxiv", "is not an arXiv id"),
-    ("arxiv-after-year", "year: 2023", "year: 2021", "arxiv", "year 2021 is earlier than the arXiv id's year 2022"),
     ("arxiv-vs-url", "arxiv: '2210.17323'", "arxiv: '2211.10438'", "arxiv", "differs from the arXiv id in url"),
     ("subcat-unknown", "- 3.2.3", "- 3.2.9", "subcategories", r"unknown sub-category id '3.2.9' in taxonomy.yaml \(did you mean"),
     ("subcat-float", "- 3.2.3", "- 3.8", "subcategories", r"item 1 must be a string, got number \(quote it: \"3.8\"\)"),
@@ -436,3 +435,20 @@ def test_real_tree_passes():
         pytest.skip("papers/ is empty")
     problems = check.validate_paths([], root=ROOT, techniques=None)
     assert errors(problems) == [], "\n".join(map(str, errors(problems)[:20]))
+
+
+def test_an_arxiv_only_entry_cannot_predate_its_id_but_a_published_one_may(root):
+    """A paper posted to arXiv after its venue is legitimate (a warning asks for a second look);
+    an arXiv-only entry older than its own id is an error."""
+    text = GOOD.replace("year: 2023", "year: 2021", 1)
+    path = root / "papers" / "2023" / "gptq.yaml"
+    target = root / "papers" / "2021" / "gptq.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink()
+    target.write_text(text, encoding="utf-8")
+    found = run(root)
+    assert not [p for p in errors(found) if p.field == "arxiv"]
+    assert any(p.field == "arxiv" and "after its 2021 venue" in p.message for p in found)
+    target.write_text(text.replace("venue: ICLR", "venue: arXiv", 1), encoding="utf-8")
+    assert any(p.field == "arxiv" and "year 2021 is earlier than the arXiv id's year 2022" in p.message
+               for p in errors(run(root)))
