@@ -308,6 +308,9 @@ def verify(args, out_dir: Path, timeout: float) -> int:
     chosen = ver.choose([r for r, _ in current], n, args.verify_seed)
     print(f"verify: {len(chosen)} of {len(current)} current cells (draw seed {args.verify_seed}); "
           f"{len(stale)} stale records not verified", flush=True)
+    if not chosen:
+        print("error: --verify: no current record to verify (re-run the matrix first)", file=sys.stderr)
+        return 1
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="atlas-verify-") as tmp:
         groups: dict[tuple, list] = {}
