@@ -192,13 +192,22 @@ class Results:
         cls = self.tasks.get(rec["task"])
         if cls is not None and rec.get("task_version", cls.version) != cls.version:
             out.append("older task version")
-        if now and prov.get("code_sha256") != now:
+        if now and prov.get("code_sha256") != now and not self.same_computation(rec):
             out.append(f"code changed since (commit {str(prov.get('git_commit'))[:7]})")
         model_now = self.model_now.get(rec["task"])
         model = (rec.get("inputs") or {}).get("model_sha256")
-        if model_now and model != model_now:
+        if model_now and model != model_now and (model or getattr(cls, "trained_here", True)):
             out.append("other fp model" if model else "fp model not recorded")
         return out
+
+    def same_computation(self, rec: dict) -> bool:
+        """Its code changed only in docstrings, comments or registration metadata since the record."""
+        from refimpl.bench.records import code_current
+        from refimpl.core.registry import get
+        try:
+            return code_current(get(rec["technique"]), rec, self.code_now.get(rec["technique"]))
+        except ValueError:
+            return False
 
     def note(self, rec: dict) -> str:
         """The note column: † and the reasons, else the commit when it is not the newest one."""

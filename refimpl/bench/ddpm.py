@@ -321,6 +321,7 @@ class DigitsDDPMTask(Task):
     SETTINGS = ((8, 8), (4, 8), (4, 4))
     MIXED_SETTINGS = ()
     seeds = (0, 1, 2)      # calibration noise; the evaluation noise is fixed
+    trained_here = True
     interval_metrics = ("sample_rmse_fp",)
     # extra option sets the matrix runs: PTQ4DM-style single-step calibration, against Q-Diffusion's default
     VARIANTS = {"qdiffusion_calib": ({"scheme": "single"},)}

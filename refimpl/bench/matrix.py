@@ -107,9 +107,12 @@ def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:
     prov = old.get("provenance") or {}
     now = now or records.provenance(tech)
     inputs = old.get("inputs") or {}
-    return (old.get("config") == config
-            and inputs.get("model_sha256") == task.model_sha256()
-            and prov.get("code_sha256") == now["code_sha256"]
+    old_config = dict(old.get("config") or {})
+    old_config.setdefault("seeds", [old_config.get("seed", 0)])   # records from before seeds were listed
+    model = inputs.get("model_sha256")
+    return (old_config == config
+            and (model == task.model_sha256() if model or task.trained_here else True)
+            and records.code_current(tech, old, now["code_sha256"])
             and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
 
 

@@ -164,6 +164,70 @@ def code_sha256(technique) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------- same computation, other text
+
+def _is_metadata_call(node) -> bool:
+    """A call of register / Deviation / Claim: what a technique says about itself, not what it computes."""
+    import ast
+    func = node.func if isinstance(node, ast.Call) else None
+    name = getattr(func, "id", None) or getattr(func, "attr", None)
+    return name in ("register", "Deviation", "Claim")
+
+
+def semantic_source(text: str) -> str:
+    """The computation a module defines: its AST without docstrings, comments, `@register(...)`
+    decorators and module-level Deviation/Claim statements. Two versions of a file that differ
+    only there compute the same numbers."""
+    import ast
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body:
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.decorator_list = [d for d in node.decorator_list if not _is_metadata_call(d)]
+    tree.body = [st for st in tree.body
+                 if not (isinstance(st, (ast.Assign, ast.AnnAssign)) and st.value is not None
+                         and any(_is_metadata_call(n) for n in ast.walk(st.value)))]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def _git_show(commit: str, rel: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=REPO, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.decode("utf-8", "replace") if out.returncode == 0 else None
+
+
+_SAME_CACHE: dict[tuple, bool] = {}
+
+
+def same_computation_since(technique, commit: str | None) -> bool:
+    """Whether the technique's dependency files compute the same as they did at `commit` (git
+    history): a record whose code hash changed only through docstrings, comments or
+    registration metadata is still a measurement of the code in the tree."""
+    if not commit:
+        return False
+    files = dependency_files(technique)
+    key = (technique.id, commit, tuple(str(p) for p in files))
+    if key not in _SAME_CACHE:
+        same = True
+        for path in files:
+            rel = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else None
+            old = _git_show(commit, rel) if rel else None
+            try:
+                same = old is not None and semantic_source(old) == semantic_source(path.read_text(encoding="utf-8"))
+            except SyntaxError:
+                same = False
+            if not same:
+                break
+        _SAME_CACHE[key] = same
+    return _SAME_CACHE[key]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process: VmHWM from /proc (resettable), else ru_maxrss."""
     try:
@@ -264,3 +328,13 @@ def intervals(runs: list[dict], task) -> dict:
             entry["lo"], entry["hi"] = min(a for a, _ in spans), max(b for _, b in spans)
         out[metric] = entry
     return out
+
+
+def code_current(technique, record: dict, now: str | None = None) -> bool:
+    """The record measured the code in the tree: same code hash, or (from a clean commit) the
+    same computation as now (`same_computation_since`)."""
+    prov = record.get("provenance") or {}
+    if prov.get("code_sha256") == (now or code_sha256(technique)):
+        return True
+    return prov.get("git_dirty") is False and same_computation_since(technique, prov.get("git_commit"))
+

