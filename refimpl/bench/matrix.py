@@ -188,6 +188,8 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
         result.skipped += notes
         for spec in specs:
             spec.threads = threads
+            if quick:   # a smoke slice: one seed per cell (the full matrix runs the task's seeds)
+                spec.seeds = [spec.seed]
             try:
                 setting = setting_label(spec)
             except ValueError as exc:
