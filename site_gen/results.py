@@ -1,6 +1,6 @@
 """Measured results on the site: reading results/, provenance flags, tables, charts, leaderboards.
 
-Records are read from `results/<task>/<technique>/<setting>.json` (written by `site_gen bench`;
+Records are read from `results/<task>/<technique>/<setting>.json` (written by `refimpl bench`;
 files starting with "_" are bookkeeping, not records). Nothing here runs a model.
 
 Provenance is never mixed silently. The reference is the newest record (by its date). A record
@@ -282,7 +282,7 @@ def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
     """The "Results" section of a technique page and its charts {path under docs/: svg}."""
     tasks = res.tasks_of(tid)
     if not tasks:
-        return ("_Not measured yet._ Run `python -m site_gen bench --only "
+        return ("_Not measured yet._ Run `python -m refimpl bench --only "
                 f"{md_text(tid)}` to produce the records.\n", {})
     lines, charts = [], {}
     for task in tasks:
@@ -412,7 +412,7 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
     lines = [f"# Leaderboard: {md_text(task)}", "", md_text(cls.description), "",
              f"!!! note \"Caveat\"\n    {md_text(cls.caveat)}", ""]
     if not recs:
-        return "\n".join(lines + ["_Not measured yet._ Run `python -m site_gen bench --task "
+        return "\n".join(lines + ["_Not measured yet._ Run `python -m refimpl bench --task "
                                   f"{md_text(task)}`."]) + "\n", {}
     rows: dict[tuple[str, str], dict[tuple, dict]] = {}
     for r in recs:

@@ -1,6 +1,6 @@
 """The benchmark matrix planner: every registered technique × task × setting, and what is cached.
 
-`python -m site_gen bench` runs the plan (each run in its own process); this module only decides
+`python -m refimpl bench` (refimpl/bench/engine.py) runs the plan (each run in its own process); this module only decides
 what to run. `python -m refimpl.bench.matrix ...` is kept as an alias of that command.
 
 Settings, generated from the registry (never from a hand-kept list of techniques):
@@ -207,8 +207,8 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Alias of `python -m site_gen bench` (same options)."""
-    from site_gen.bench import main as bench_main
+    """Alias of `python -m refimpl bench` (same options)."""
+    from refimpl.bench.engine import main as bench_main
     return bench_main(argv)
 
 

@@ -1,7 +1,7 @@
 """Re-run committed cells and check that each new value falls inside its record's interval.
 
-    python -m site_gen bench --verify 5                  # 5 cells drawn at random from results/
-    python -m site_gen bench --verify --task digits-cnn  # every current cell of a task
+    python -m refimpl bench --verify 5                  # 5 cells drawn at random from results/
+    python -m refimpl bench --verify --task digits-cnn  # every current cell of a task
 
 A cell is re-run from its record's own configuration (technique, task, bits, group size,
 symmetry, activation bits, options, calibration size, seeds) into a scratch folder. It passes
