@@ -1,7 +1,7 @@
 """The benchmark matrix planner: every registered technique × task × setting, and what is cached.
 
 `python -m refimpl bench` (refimpl/bench/engine.py) runs the plan (each run in its own process); this module only decides
-what to run. `python -m refimpl.bench.matrix ...` is kept as an alias of that command.
+what to run.
 
 Settings, generated from the registry (never from a hand-kept list of techniques):
 - every ptq-weight / ptq-weight-act technique: 2, 3 and 4 bits, group 64, asymmetric;
@@ -204,14 +204,3 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
     speed = {"digits-cnn": 0, "minilm-layers": 1}
     result.todo.sort(key=lambda p: speed.get(p.spec.task, 2))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Alias of `python -m refimpl bench` (same options)."""
-    from refimpl.bench.engine import main as bench_main
-    return bench_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-    sys.exit(main())
