@@ -25,6 +25,7 @@ from refimpl.bench import records
 from refimpl.bench.models import cache_dir
 from refimpl.bench.tasks import Task, get_task, tasks_of
 from refimpl.core.config import QuantConfig, check_bits
+from refimpl.core.options import coerce_option
 from refimpl.core.registry import Technique, get
 
 PTQ_KINDS = ("ptq-weight", "ptq-weight-act", "format")
@@ -100,44 +101,8 @@ def coerce_options(tech: Technique, options: dict) -> dict:
             hint = (f" (did you mean {', '.join(near)}?)" if near else "") + \
                    (f"; known options: {', '.join(sorted(known))}" if known else f"; {tech.id!r} takes no options")
             raise ValueError(f"option {key}: unknown option for {tech.id!r}{hint}")
-        out[key] = _coerce(key, value, known[key])
+        out[key] = coerce_option(key, value, known[key])
     return out
-
-
-def _coerce(key: str, value, default):
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):     # "3,4,8" -> (3, 4, 8)
-            return tuple(_number(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"option {key}: expected a {type(default).__name__}, got {value!r}") from None
-    if default is None:                    # no type to go by: None, a number, or the text itself
-        if value.lower() == "none":
-            return None
-        try:
-            return _number(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _number(text: str):
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def setting_of(spec: RunSpec, task: Task, calib: dict | None) -> str:
