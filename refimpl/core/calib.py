@@ -3,8 +3,9 @@
 - which Linear layers to quantize (`find_linears`),
 - how a calibration set is fed to a model (`as_batches`, `run_model`),
 - statistics gathered with forward hooks (`capture_inputs`, `accumulate_hessians`),
-- block-by-block processing, where block i is calibrated on the outputs of the already
-  quantized blocks 0..i-1 (`sequential_blocks`) — the scheme GPTQ, AWQ and AdaRound use.
+- block-by-block processing (`sequential_blocks`), where block i is calibrated either on the
+  outputs of the already quantized blocks 0..i-1 (GPTQ, AdaRound) or on the float outputs of
+  blocks 0..i-1 (AWQ, as its official code does).
 """
 from __future__ import annotations
 
@@ -159,14 +160,18 @@ def _hidden(out):
 
 @torch.no_grad()
 def sequential_blocks(model: nn.Module, batches: list,
-                      process: Callable[[str, nn.Module, Callable[[], None]], None]) -> None:
+                      process: Callable[[str, nn.Module, Callable[[], None]], None],
+                      propagate: str = "quantized") -> None:
     """Visit each block in order: `process(prefix, block, run)` quantizes the block in place,
     where `run()` replays this block's calibration inputs through it (hooks inside see real
-    activations). Block i+1 then receives the outputs of the quantized block i, so errors of
-    earlier blocks are compensated rather than ignored.
+    activations). With propagate="quantized", block i+1 receives the outputs of the quantized
+    block i, so errors of earlier blocks are compensated rather than ignored; with "float" it
+    receives block i's outputs computed before `process` ran (the float model's activations).
 
     A model without repeated blocks is treated as one block (the whole model).
     """
+    if propagate not in ("quantized", "float"):
+        raise ValueError(f"propagate: expected 'quantized' or 'float', got {propagate!r}")
     found = find_blocks(model)
     if found is None:
         process("", model, lambda: [run_model(model, b) for b in batches])
@@ -177,8 +182,12 @@ def sequential_blocks(model: nn.Module, batches: list,
         def run(block=block):
             for args, kwargs in inputs:
                 block(*args, **kwargs)
+        if propagate == "float":
+            following = [_replace_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in inputs]
         process(f"{prefix}.{i}." if prefix else f"{i}.", block, run)
-        inputs = [_replace_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in inputs]
+        if propagate == "quantized":
+            following = [_replace_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in inputs]
+        inputs = following
 
 
 def _replace_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dict]:

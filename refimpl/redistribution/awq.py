@@ -9,32 +9,43 @@ the float product is unchanged:
 
     Y = X·Wᵀ ≈ (X·diag(s)⁻¹) · Q(W·diag(s))ᵀ,     s = mean|X_j|^α
 
+The 1/s must be absorbed by the operation that produces X, so only foldable groups are
+scaled, as in the official code: a pre-norm RMSNorm and the Linears reading it (Llama q/k/v,
+gate/up: 1/s goes into the gain), and a Linear whose input is another Linear's output up to a
+per-channel-linear map (up_proj → down_proj through SiLU(gate)·up; v_proj → o_proj and BERT's
+value → attention output through the attention average, only when the widths match — under
+grouped-query attention one value channel feeds several heads, so o_proj is skipped). Every
+other Linear (BERT's query/key/value, intermediate and output, which read a post-norm LayerNorm
+or GELU) gets no scale: AWQ is then its clipping search alone.
+
 α is found by grid search over {0, 1/n, …, 1} (n = `grid`, default 20) minimising the
 layer-output error, computed exactly from C = XᵀX/N without re-running the block:
 
     Err(α) = Σ_layers tr(ΔW · C · ΔWᵀ),   ΔW = W − Q(W·diag(s))·diag(s)⁻¹
 
-α = 0 gives s = 1, i.e. plain RTN, so the search can only match or beat RTN on this
-objective. With `clip`, each weight group's range is then shrunk by the ratio in
-{1, 0.95, …, 0.5} that minimises its own share of the output error. Blocks are processed
-in order on the outputs of the already quantized blocks (core.calib.sequential_blocks).
-Linears sharing a pre-norm input (Llama q/k/v, gate/up) share one s and 1/s is folded into
-the norm's gain; any other Linear keeps 1/s as the divisor of a float-input QLinear.
-
-Simplified vs the paper: the loss is the Linears' own outputs (the paper uses the output of
-the enclosing module, e.g. the whole attention), and o_proj/down_proj scales are not folded
-into v_proj/up_proj (a divisor wrapper is used instead, which is exact but costs a division).
+α = 0 gives s = 1, i.e. plain RTN. With `clip`, each weight group's largest magnitude is then
+shrunk by the ratio r ∈ {1, 0.95, …, 0.55} (W clamped to [−r·max|W|, r·max|W|] before rounding)
+that minimises its own share of the output error; q_proj/k_proj are not clipped (their error
+is seen through the softmax, which this objective does not model). Each block's statistics
+come from float inputs: block i+1 is calibrated on block i's float outputs, as in the official
+code (core.calib.sequential_blocks with propagate="float").
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from refimpl.core.act import QLinear, set_module
 from refimpl.core.calib import capture_inputs, find_linears, sequential_blocks
-from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, quantize_weight, to_groups
-from refimpl.core.registry import register
+from refimpl.core.quantizer import from_groups, quantize_weight, to_groups
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.redistribution._llama import norm_groups
+
+# (producer, consumer) Linear pairs, relative to a block, where a per-channel factor on the
+# consumer's input folds exactly into the producer's output rows (checked for width below)
+_LINEAR_FOLDS = (("self_attn.v_proj", "self_attn.o_proj"), ("mlp.up_proj", "mlp.down_proj"),
+                 ("attention.self.value", "attention.output.dense"))
+# their error reaches the output through softmax(q·kᵀ): the official clip search skips them
+_NO_CLIP = ("q_proj", "k_proj")
 
 
 def output_error(dW: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -64,19 +75,20 @@ def search_scale(Ws: list[torch.Tensor], X: torch.Tensor, cfg, grid: int) -> tup
     return best[0], best[1]
 
 
-def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 10, max_shrink: float = 0.5) -> torch.Tensor:
-    """RTN with, per (row, group), the range shrink ratio r minimising δᵀ·C_gg·δ (δ its error)."""
+def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
+    """RTN after clamping each (row, group) to [−r·max|W_g|, r·max|W_g|], with r ∈ {1 − i/n_grid :
+    i < max_shrink·n_grid} minimising that group's output error δᵀ·C_gg·δ (δ = W_g − Q(clamp_r W_g))."""
     Wg = to_groups(W.float(), cfg.group_size)                      # [out, ng, g]
     ng, g = Wg.shape[1], Wg.shape[2]
     # block-diagonal of C matching the groups: [ng, g, g]
     Cg = torch.stack([C[k * g:(k + 1) * g, k * g:(k + 1) * g] for k in range(ng)])
-    lo, hi = Wg.amin(-1, keepdim=True), Wg.amax(-1, keepdim=True)
+    amax = Wg.abs().amax(-1, keepdim=True)
     best_err = torch.full(Wg.shape[:2], float("inf"), device=W.device)
-    best_q = Wg.clone()
-    for i in range(n_grid + 1):
-        r = 1 - max_shrink * i / n_grid
-        s, z = minmax_qparams(Wg, cfg.bits, cfg.sym, xmin=lo * r, xmax=hi * r)
-        Wq = fake_quant(Wg, s, z, cfg.bits, cfg.sym)
+    best_q = Wg
+    for i in range(int(max_shrink * n_grid)):
+        r = 1 - i / n_grid
+        Wc = torch.maximum(torch.minimum(Wg, amax * r), -amax * r)
+        Wq = to_groups(quantize_weight(from_groups(Wc), cfg.bits, cfg.group_size, cfg.sym), cfg.group_size)
         d = Wg - Wq
         err = (torch.einsum("onk,nkl->onl", d, Cg) * d).sum(-1)  # [out, ng]
         better = err < best_err
@@ -85,17 +97,35 @@ def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 10, max_shri
     return from_groups(best_q).to(W.dtype)
 
 
+def scale_groups(block: nn.Module, names) -> list[tuple[nn.Module | None, str | None, list[str]]]:
+    """[(norm or None, producer Linear name or None, [consumer names])]: the foldable groups of a
+    block in execution order, restricted to the Linears in `names`."""
+    names = set(names)
+    groups = [(norm, None, ns) for norm, ns in norm_groups(block) if all(n in names for n in ns)]
+    for prev, n in _LINEAR_FOLDS:
+        if prev in names and n in names:
+            p, c = block.get_submodule(prev), block.get_submodule(n)
+            if p.out_features == c.in_features:   # not under grouped-query attention
+                groups.append((None, prev, [n]))
+    order = {n: i for i, n in enumerate(find_linears(block, ()))}
+    return sorted(groups, key=lambda grp: order[grp[2][0]])
+
+
 @torch.no_grad()
-def apply_scale(block: nn.Module, names: list[str], s: torch.Tensor, norm: nn.Module | None) -> None:
-    """Float-exact transform: W ← W·diag(s) for each named Linear; 1/s folded into `norm`'s
-    gain when given, otherwise each Linear is wrapped in a QLinear that divides its input."""
+def apply_scale(block: nn.Module, names: list[str], s: torch.Tensor, norm: nn.Module | None,
+                prev: str | None = None) -> None:
+    """Float-exact transform: W ← W·diag(s) for each named Linear, 1/s folded into `norm`'s gain
+    or into the output rows (and bias) of the Linear `prev`."""
     for n in names:
         layer = block.get_submodule(n)
         layer.weight.mul_(s.to(layer.weight.dtype))
-        if norm is None:
-            set_module(block, n, QLinear(layer, None, smooth=s.to(layer.weight.dtype)))
     if norm is not None:
         norm.weight.div_(s.to(norm.weight.dtype))
+    if prev is not None:
+        p = block.get_submodule(prev)
+        p.weight.div_(s.to(p.weight.dtype)[:, None])
+        if p.bias is not None:
+            p.bias.div_(s.to(p.bias.dtype))
 
 
 def _check(grid, clip):
@@ -106,7 +136,25 @@ def _check(grid, clip):
 
 
 @register(id="awq", name="AWQ (activation-aware weight quantization)", subcategory="3.4.3", paper="awq",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True,
+          deviations=(
+              Deviation(what="the scale search minimises each group's Linear outputs, not the output of the "
+                             "enclosing module (the official code runs the whole attention or MLP per α)",
+                        why="a closed form from C = XᵀX/N, no block re-runs per α (CPU budget)",
+                        effect="can pick a slightly different α where q/k errors pass through the softmax"),
+              Deviation(what="all calibration tokens are used for the clip search (the official samples 512 "
+                             "tokens per group) and α is searched on the mean |X| of 16×256 Shakespeare tokens",
+                        why="small model, the full set fits",
+                        effect="none expected beyond calibration noise"),
+              Deviation(what="BERT (minilm-layers) is outside the official code; only value → attention output "
+                             "is scaled there, every other Linear gets the clip search only",
+                        why="post-norm LayerNorm outputs also feed the residual, so no other scale folds",
+                        effect="AWQ on MiniLM is close to clipped RTN"),
+          ),
+          claims=(Claim(text="AWQ beats RTN at 3-bit, groups of 64", task="smollm2-ppl", setting="w3-g64-asym",
+                        versus="rtn/w3-g64-asym", metric="ppl", higher_is_better=False),
+                  Claim(text="AWQ beats RTN at 4-bit, groups of 64", task="smollm2-ppl", setting="w4-g64-asym",
+                        versus="rtn/w4-g64-asym", metric="ppl", higher_is_better=False)))
 @torch.no_grad()
 def awq(model, cfg, calib, *, grid=20, clip=True):
     _check(grid, clip)
@@ -114,19 +162,20 @@ def awq(model, cfg, calib, *, grid=20, clip=True):
 
     def process(prefix, block, run):
         layers = {n: m for n, m in find_linears(block, ()).items() if prefix + n in wanted}
-        X = capture_inputs(run, layers)
-        shared = [(norm, ns) for norm, ns in norm_groups(block) if all(n in X for n in ns)]
-        grouped = {n for _, ns in shared for n in ns}
-        groups = shared + [(None, [n]) for n in layers if n in X and n not in grouped]
-        for norm, names in groups:
+        X = {n: x.float() for n, x in capture_inputs(run, layers).items()}
+        # 1. scales, in execution order, on the float block (each transform is exact)
+        for norm, prev, names in scale_groups(block, X):
             s, _ = search_scale([layers[n].weight for n in names], X[names[0]], cfg, grid)
-            apply_scale(block, names, s, norm)
-            # the quantizer sees the scaled input X/s: C' = diag(1/s)·C·diag(1/s)
-            Xs = X[names[0]].float() / s
-            C = Xs.T @ Xs / Xs.shape[0]
-            for n in names:
-                W = layers[n].weight
-                W.copy_(clip_quant(W, C, cfg) if clip else quantize_weight(W, cfg.bits, cfg.group_size, cfg.sym))
+            apply_scale(block, names, s, norm, prev)
+            for n in names:   # the consumer now sees X/s
+                X[n] = X[n] / s
+        # 2. clip and round every Linear of the block in its final (scaled) form
+        for n, x in X.items():
+            W = layers[n].weight
+            if clip and not n.endswith(_NO_CLIP):
+                W.copy_(clip_quant(W, x.T @ x / x.shape[0], cfg))
+            else:
+                W.copy_(quantize_weight(W, cfg.bits, cfg.group_size, cfg.sym))
 
-    sequential_blocks(model, calib, process)
+    sequential_blocks(model, calib, process, propagate="float")
     return model

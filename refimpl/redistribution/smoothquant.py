@@ -9,19 +9,18 @@ per-channel factor s moves difficulty from X to W without changing the product:
 
     Y = X·Wᵀ = (X·diag(s)⁻¹) · (W·diag(s))ᵀ,     s_j = max|X_j|^α / max|W_:,j|^(1−α)
 
-α (default 0.5) splits the range evenly between the two. Where the Linear reads a
-pre-norm RMSNorm (Llama: q/k/v after input_layernorm, gate/up after post_attention_layernorm)
-the 1/s is folded into the norm's gain, one s per group of Linears sharing that input; for
-any other Linear (o_proj, down_proj, every Linear of post-norm BERT) the 1/s stays in the
-QLinear `smooth` divisor, which is equally exact. Weights are then rounded to nearest
-(bits/group/sym) and inputs quantized per token to `act_bits`.
+α (default 0.5) splits the range evenly between the two. As in the paper, only the Linears
+that read a pre-norm output are smoothed (Llama: q/k/v after input_layernorm, gate/up after
+post_attention_layernorm), one s per group sharing that input, with 1/s folded into the
+norm's gain, so smoothing costs nothing at run time. o_proj, down_proj and every Linear of
+post-norm BERT (whose LayerNorm output also feeds the residual) are not smoothed. Weights are
+then rounded to nearest (bits/group/sym) and inputs quantized per token, symmetric absmax
+(z = 0, s = max|x_t|/(2^(b−1)−1)), the paper's activation grid.
 
-Simplified vs the paper: max|X_j| comes from the float model's calibration pass (as in the
-paper), but the activation grid is dynamic per token (the paper's O1–O3 levels also offer
-static per-tensor scales) and the BERT fold into the previous block's LayerNorm is not done.
-With act_bits None the model is still smoothed and only the weights are quantized: that is
-SmoothQuant's transform under a weight-only budget, where it usually hurts (it makes the
-weights harder) — kept so the benchmark matrix shows it rather than hiding it.
+Simplified vs the paper: the activation grid is dynamic per token (the paper's O1–O3 levels
+also offer static per-tensor scales). With act_bits None the model is still smoothed and only
+the weights are quantized: that is SmoothQuant's transform under a weight-only budget, where it
+usually hurts (it makes the weights harder) — kept so the benchmark matrix shows it.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ from torch import nn
 from refimpl.core.act import QLinear, set_module
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.quantizer import quantize_weight
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.redistribution._llama import norm_groups
 
 
@@ -63,10 +62,11 @@ def smoothing_factors(X_max: torch.Tensor, Ws: list[torch.Tensor], alpha: float)
 
 
 @torch.no_grad()
-def smooth(model: nn.Module, layers: dict[str, nn.Linear], X_max: dict[str, torch.Tensor], alpha: float) -> None:
-    """Apply the float-exact transform in place: W ← W·diag(s); 1/s folded into a pre-norm
-    gain where possible, else kept as the divisor of a (float-input) QLinear wrapper."""
-    done = set()
+def smooth(model: nn.Module, layers: dict[str, nn.Linear], X_max: dict[str, torch.Tensor], alpha: float) -> list[str]:
+    """Apply the float-exact transform in place to every pre-norm group: W ← W·diag(s) for its
+    Linears, g ← g/s for the norm's gain. Returns the names of the smoothed Linears; the others
+    are left as they are (no run-time divisor, as in the paper)."""
+    done = []
     for norm, names in norm_groups(model):
         if not all(n in layers and n in X_max for n in names):
             continue
@@ -74,17 +74,27 @@ def smooth(model: nn.Module, layers: dict[str, nn.Linear], X_max: dict[str, torc
         norm.weight.div_(s.to(norm.weight.dtype))
         for n in names:
             layers[n].weight.mul_(s.to(layers[n].weight.dtype))
-        done.update(names)
-    for name, layer in layers.items():
-        if name in done or name not in X_max:
-            continue
-        s = smoothing_factors(X_max[name], [layer.weight], alpha).to(layer.weight.dtype)
-        layer.weight.mul_(s)
-        set_module(model, name, QLinear(layer, None, smooth=s))
+        done.extend(names)
+    return done
 
 
 @register(id="smoothquant", name="SmoothQuant", subcategory="3.4.3", paper="smoothquant",
-          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True,
+          deviations=(
+              Deviation(what="activations are quantized with a dynamic per-token scale (the paper's O1–O3 "
+                             "also use static per-tensor scales)",
+                        why="one activation grid shared by every weight-activation technique here",
+                        effect="per-token dynamic is the paper's most accurate level: results are optimistic "
+                               "against O3"),
+              Deviation(what="on post-norm BERT (minilm-layers) nothing is smoothed, so SmoothQuant equals "
+                             "RTN with symmetric per-token activations there",
+                        why="the paper smooths only Linears fed by a norm that can absorb 1/s; BERT's "
+                            "LayerNorm output also feeds the residual",
+                        effect="no gain over RTN on minilm-layers"),
+          ),
+          claims=(Claim(text="SmoothQuant beats naive W8A8 round-to-nearest", task="smollm2-ppl",
+                        setting="w8-pc-sym-a8", versus="rtn/w8-pc-sym-a8", metric="ppl",
+                        higher_is_better=False),))
 @torch.no_grad()
 def smoothquant(model, cfg, calib, *, alpha=0.5):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -94,11 +104,7 @@ def smoothquant(model, cfg, calib, *, alpha=0.5):
     smooth(model, layers, X_max, float(alpha))
     for name, layer in layers.items():
         layer.weight.copy_(quantize_weight(layer.weight, cfg.bits, cfg.group_size, cfg.sym))
-        if cfg.act_bits is None:
-            continue
-        wrapper = model.get_submodule(name)
-        if isinstance(wrapper, QLinear):
-            wrapper.act_bits = cfg.act_bits
-        else:
-            set_module(model, name, QLinear(layer, cfg.act_bits))
+        if cfg.act_bits is not None:
+            # the paper's activation grid: symmetric absmax per token
+            set_module(model, name, QLinear(layer, cfg.act_bits, act_sym=True))
     return model

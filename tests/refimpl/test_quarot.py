@@ -1,5 +1,7 @@
-"""QuaRot-style rotation: orthogonal and float-exact (Llama residual stream and generic per-Linear
-form), it flattens real MiniLM weights and activations, and makes W4A8/W4A4 more accurate."""
+"""QuaRot: the rotation is orthogonal and float-exact (Llama residual stream with per-head
+value/output rotation, and the generic per-Linear form), it flattens real MiniLM weights and
+activations, its clip search and activation grid match independent references, and at W4A8 it
+beats RTN on a Llama whose residual stream carries outlier channels."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +11,9 @@ import torch
 
 import refimpl
 from refimpl.core.calib import capture_inputs, find_linears, run_model
-from refimpl.redistribution.quarot import RotateInput, random_hadamard, rotate
+from refimpl.core.quantizer import quantize_weight
+from refimpl.redistribution.quarot import (QuantInput, RotateInput, clipped_rtn, quantize_tokens_sym,
+                                         random_hadamard, rotate)
 from _refimpl_helpers import layer_error as _layer_error
 from _refimpl_helpers import tiny_llama as _tiny_llama
 
@@ -38,6 +42,78 @@ def test_llama_rotation_leaves_logits_unchanged(tied):
     assert not torch.allclose(rotated.model.embed_tokens.weight, model.model.embed_tokens.weight)
     assert torch.equal(layer.input_layernorm.weight, torch.ones(48))
     assert isinstance(layer.mlp.down_proj, RotateInput) and rotated.lm_head.weight is not rotated.model.embed_tokens.weight
+
+
+def _reference_clip(W, bits, sym, grid=100, max_shrink=0.8, norm=2.4):
+    """Row by row, ratio by ratio: the official per-channel search written out with plain loops."""
+    qmax = 2 ** (bits - 1) - 1 if sym else 2 ** bits - 1
+    out = torch.empty_like(W)
+    for r, w in enumerate(W.double()):
+        best = None
+        for i in range(int(max_shrink * grid)):
+            p = 1 - i / grid
+            lo, hi = min(float(w.min()), 0.0) * p, max(float(w.max()), 0.0) * p
+            if sym:
+                s = max(-lo, hi) / qmax
+                q = torch.clamp(torch.round(w / s), -qmax - 1, qmax) * s
+            else:
+                s = (hi - lo) / qmax
+                z = round(-lo / s)
+                q = (torch.clamp(torch.round(w / s) + z, 0, qmax) - z) * s
+            err = float((q - w).abs().pow(norm).sum())
+            if best is None or err < best[0]:
+                best = (err, q)
+        out[r] = best[1].to(W.dtype)
+    return out
+
+
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+def test_weight_clip_search_matches_a_loop_reference(sym):
+    torch.manual_seed(0)
+    W = torch.randn(6, 32) * torch.linspace(0.5, 2, 32)
+    W[0, 3] = 12.0  # an outlier row: the search must shrink its range
+    Wq = clipped_rtn(W, 4, None, sym)
+    assert torch.allclose(Wq, _reference_clip(W, 4, sym), atol=1e-5)
+    assert not torch.allclose(Wq[0], quantize_weight(W, 4, None, sym)[0])
+
+
+def test_activation_grid_is_symmetric_absmax_per_token_with_clip():
+    torch.manual_seed(0)
+    x = torch.randn(5, 16) * 3
+    s = x.abs().amax(1, keepdim=True) * 0.9 / 127
+    ref = torch.clamp(torch.round(x / s), -128, 127) * s
+    assert torch.allclose(quantize_tokens_sym(x, 8, 0.9), ref, atol=1e-6)
+    # symmetric: quantizing −x gives −Q(x) up to the one extra negative code
+    assert torch.allclose(quantize_tokens_sym(-x, 8, 1.0), -quantize_tokens_sym(x, 8, 1.0), atol=1e-6)
+
+
+def _outlier_llama():
+    """The tiny Llama with what QuaRot targets in real LLMs: two residual channels 20× larger than
+    the rest (embedding columns) and a few input columns of every Linear 8× larger than the rest
+    (weight outliers that set each row's range under per-channel quantization)."""
+    model = _tiny_llama(False)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, [5, 17]] *= 20
+        for lin in model.modules():
+            if isinstance(lin, torch.nn.Linear) and lin is not model.lm_head:
+                lin.weight[:, torch.randperm(lin.in_features, generator=gen)[:2]] *= 8
+    return model
+
+
+@pytest.mark.parametrize("setting", [dict(bits=4, sym=True, act_bits=8), dict(bits=4, sym=True, act_bits=4)],
+                         ids=["w4a8", "w4a4"])
+def test_quarot_rtn_beats_rtn_on_the_llama_path(setting):
+    model = _outlier_llama()
+    ids = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+        rtn = refimpl.quantize(copy.deepcopy(model), "rtn", **setting)(ids).logits
+        qr_model = refimpl.quantize(copy.deepcopy(model), "quarot", **setting)
+        qr = qr_model(ids).logits
+    assert any(isinstance(m, QuantInput) for m in qr_model.modules())
+    e_rtn, e_qr = float((rtn - ref).norm()), float((qr - ref).norm())
+    assert e_qr < 0.7 * e_rtn, (e_qr, e_rtn)
 
 
 def test_generic_rotation_is_exact_on_real_minilm(minilm):
@@ -96,6 +172,10 @@ def test_bad_options_and_unsupported_size():
         refimpl.quantize(model, "quarot", bits=4, seed="0")
     with pytest.raises(ValueError, match=r"^calib: "):
         refimpl.quantize(model, "quarot", bits=4, quantizer="gptq")
+    with pytest.raises(ValueError, match=r"^w_clip: "):
+        refimpl.quantize(model, "quarot", bits=4, w_clip=1)
+    with pytest.raises(ValueError, match=r"^a_clip_ratio: "):
+        refimpl.quantize(model, "quarot", bits=4, a_clip_ratio=0)
     with pytest.raises(ValueError, match=r"^model: .*size 7"):
         refimpl.quantize(torch.nn.Sequential(torch.nn.Linear(7, 4)), "quarot", bits=4)
 
