@@ -32,9 +32,10 @@ from torch import nn
 
 from refimpl.core.act import QLinear, set_module
 from refimpl.core.calib import capture_inputs, find_linears, sequential_blocks
+from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import register
-from refimpl.redistribution._llama import norm_groups
+from refimpl.redistribution._llama import norm_groups, scale_norm
 
 
 def output_error(dW: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,7 @@ def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 10, max_shri
     lo, hi = Wg.amin(-1, keepdim=True), Wg.amax(-1, keepdim=True)
     best_err = torch.full(Wg.shape[:2], float("inf"), device=W.device)
     best_q = Wg.clone()
+    best_s, best_z = torch.ones_like(lo), torch.zeros_like(lo)
     for i in range(n_grid + 1):
         r = 1 - max_shrink * i / n_grid
         s, z = minmax_qparams(Wg, cfg.bits, cfg.sym, xmin=lo * r, xmax=hi * r)
@@ -82,6 +84,8 @@ def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 10, max_shri
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_q = torch.where(better.unsqueeze(-1), Wq, best_q)
+        best_s, best_z = torch.where(better.unsqueeze(-1), s, best_s), torch.where(better.unsqueeze(-1), z, best_z)
+    record_if_param(W, best_s, best_z, cfg.bits, cfg.group_size, cfg.sym)
     return from_groups(best_q).to(W.dtype)
 
 
@@ -95,7 +99,7 @@ def apply_scale(block: nn.Module, names: list[str], s: torch.Tensor, norm: nn.Mo
         if norm is None:
             set_module(block, n, QLinear(layer, None, smooth=s.to(layer.weight.dtype)))
     if norm is not None:
-        norm.weight.div_(s.to(norm.weight.dtype))
+        scale_norm(norm, 1 / s)
 
 
 def _check(grid, clip):
