@@ -38,6 +38,7 @@ def export(model: nn.Module, fmt: str, path, *, skip: tuple[str, ...] = ("lm_hea
            metadata_from=None, float_type: str = "f32", scale_dtype: torch.dtype = torch.float16) -> dict:
     """Write `model` (quantized by a refimpl weight technique) to `path` in format `fmt`; returns a
     report {format, path, bytes, types, max_rel_weight_err, rel_frobenius_err}."""
+    from refimpl.deploy import readback
     from refimpl.deploy.plan import plan
     if fmt not in FORMATS:
         raise ValueError(f"fmt: expected one of {FORMATS}, got {fmt!r}")
@@ -55,6 +56,7 @@ def export(model: nn.Module, fmt: str, path, *, skip: tuple[str, ...] = ("lm_hea
             raise ValueError(f"metadata_from: {metadata_from} is not a file")
         path.parent.mkdir(parents=True, exist_ok=True)
         types = gguf_file.write(model, entries, path, metadata_from=metadata_from, float_type=float_type)
+        readback.read_gguf(path)
         report = _scale_rounding(entries, ggml_blocks.rounded_weight)
         size = path.stat().st_size
     else:
@@ -63,6 +65,7 @@ def export(model: nn.Module, fmt: str, path, *, skip: tuple[str, ...] = ("lm_hea
             if e.grid is not None:
                 ct_file.check(e.grid, e.name)
         ct_file.write(model, entries, path, scale_dtype=scale_dtype)
+        readback.read_compressed_tensors(path)
         types = {e.name: (f"int{e.grid.bits}" if e.grid is not None else "float") for e in entries}
         report = _scale_rounding(entries, lambda g: _with_scale_dtype(g, scale_dtype))
         size = sum(f.stat().st_size for f in path.iterdir())
