@@ -1,4 +1,5 @@
-"""`python -m refimpl list [--json]` and `python -m refimpl run ...` (see refimpl/bench)."""
+"""`python -m refimpl list [--json]`, `python -m refimpl run ...` (see refimpl/bench) and
+`python -m refimpl export ...` (see refimpl/deploy)."""
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="list every registered technique by sub-category")
     p_list.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("run", help="run one technique on a benchmark task", add_help=False)
+    sub.add_parser("export", help="quantize a task's model and export it to GGUF or compressed-tensors",
+                   add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         from refimpl.bench.cli import main as run_main
         return run_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from refimpl.deploy.cli import main as export_main
+        return export_main(argv[1:])
     args = parser.parse_args(argv)
     return _list(args)
 
