@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from site_gen import ROOT, exports, load, render, results_pages
+from site_gen import ROOT, deploy_page, exports, load, render, results_pages
 
 GENERATED = "docs/generated"
 README = "README.md"
@@ -231,8 +231,10 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
         taxonomy, {k: len(v) for k, v in by_sub.items()}, len(papers), links)
     for md_path, text in measured.pages.items():
         page(md_path, text)
+    for md_path, text in deploy_page.generate(root).items():
+        page(md_path, text)
     out |= measured.files
-    out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, measured.nav)
+    out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, measured.nav + deploy_page.NAV)
 
     head = (TEMPLATES / "README.head.md").read_text(encoding="utf-8").rstrip()
     out[README] = (f"{head}\n\n{_MARK}\n\n"
