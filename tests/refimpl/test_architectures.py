@@ -70,7 +70,9 @@ def test_float_exact_transforms_stay_exact_at_16_bits(arch, method):
     model = build(arch)
     with torch.no_grad():
         ref = model(CALIB).logits
-    refimpl.quantize(model, method, bits=16, group_size=32, calib=CALIB, **FAST.get(method, {}))
+    # AWQ's clipping search is a quantizer refinement, not part of the transform: off here
+    opts = dict(FAST.get(method, {}), **({"clip": False} if method == "awq" else {}))
+    refimpl.quantize(model, method, bits=16, group_size=32, calib=CALIB, **opts)
     with torch.no_grad():
         out = model(CALIB).logits
     # 16-bit rounding alone moves these logits by < 1e-4 of their range; a wrong fold moves them by O(1)
