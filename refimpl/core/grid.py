@@ -16,6 +16,8 @@ feedback). One mechanism serves them all:
   stale record (a weight changed after it was quantized) rather than pack something else.
 
 z is kept as a float: min-max grids give integers, HQQ's optimised zero-point is fractional.
+The record lives on the in-memory parameter (a state_dict does not carry it): export a model
+in the session that quantized it.
 """
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ def grid_of(layer: nn.Module, name: str = "layer") -> Grid:
         raise ValueError(f"model: {name!r} carries no recorded grid (its technique did not quantize it "
                          "onto a uniform integer grid, or it was left in float)")
     s, z, bits, group_size, sym = getattr(W, _ATTR)
+    s, z = s.to(W.device), z.to(W.device)   # the model may have moved since it was quantized
     q = codes_for(W, s, z, group_size)
     qmin, qmax = qrange(bits, sym)
     grid = Grid(q.clamp(qmin, qmax).to(torch.int16), s, z, bits, group_size, sym)
