@@ -83,7 +83,8 @@ python -m refimpl export rtn --task smollm2-ppl --bits 4 --group-size 32 --sym -
 ## What the format's own scale storage costs (SmolLM2, `smollm2-ppl`)
 
 GGUF keeps every block's scale and offset in fp16; the model rebuilt from the file (by
-transformers) differs from ours only by that rounding.
+transformers) differs from ours only by that rounding and, since these files store the
+embeddings as F16 (`--float-type f16`), by fp16 embeddings.
 
 {rounding_table(_load(results / "export_scale_rounding.json"))}
 ## In llama.cpp
