@@ -1,4 +1,5 @@
-"""`python -m refimpl list [--json]`, `python -m refimpl run ...` and `python -m refimpl bench ...` (see refimpl/bench)."""
+"""`python -m refimpl list [--json]`, `python -m refimpl run ...`, `python -m refimpl bench ...` (see
+refimpl/bench) and `python -m refimpl export ...` (see refimpl/deploy)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p_list.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("run", help="run one technique on a benchmark task", add_help=False)
     sub.add_parser("bench", help="run (or --verify) the benchmark matrix", add_help=False)
+    sub.add_parser("export", help="quantize a task's model and export it to GGUF or compressed-tensors",
+                   add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         from refimpl.bench.cli import main as run_main
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from refimpl.bench.engine import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from refimpl.deploy.cli import main as export_main
+        return export_main(argv[1:])
     args = parser.parse_args(argv)
     return _list(args)
 

@@ -5,6 +5,7 @@ from torch import nn
 
 from refimpl.core.calib import as_batches, find_linears
 from refimpl.core.config import QuantConfig
+from refimpl.core.coverage import linearize_conv1d, refuse_uncovered
 from refimpl.core.registry import get
 
 PTQ_KINDS = ("ptq-weight", "ptq-weight-act", "format")
@@ -33,6 +34,8 @@ def quantize(model: nn.Module, method: str, *, bits: int, group_size: int | None
         raise ValueError(f"bits: {method!r} supports bits in {tech.bits}, got {bits}")
     if act_bits is not None and tech.kind != "ptq-weight-act":
         raise ValueError(f"act_bits: {method!r} quantizes weights only; act_bits must be None")
+    refuse_uncovered(model)
+    linearize_conv1d(model)   # GPT-2's Conv1D is a Linear with a transposed weight: cover it
     layers = find_linears(model, cfg.skip)
     if not layers:
         raise ValueError("model: no nn.Linear layers to quantize (after skipping "
@@ -53,6 +56,8 @@ def _block_reconstruction(tech, model, bits, group_size, sym, calib, act_bits, s
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, act_bits=act_bits, skip=tuple(skip))
+    refuse_uncovered(model)
+    linearize_conv1d(model)
     batches = as_batches(calib)
     if not batches:
         raise ValueError(f"calib: {tech.id!r} needs calibration data (an iterable of model inputs)")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from site_gen import ROOT, check, exports, kinds, load, render, results_pages, schema
+from site_gen import ROOT, check, deploy_page, exports, kinds, load, render, results_pages, schema
 
 GENERATED = "docs/generated"
 README = "README.md"
@@ -245,6 +245,8 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
         taxonomy, {k: len(v) for k, v in by_sub.items()}, len(papers), links)
     for md_path, text in measured.pages.items():
         page(md_path, text)
+    for md_path, text in deploy_page.generate(root).items():
+        page(md_path, text)
     out |= measured.files
 
     other = kinds.other_kinds(papers, kind_order(taxonomy))
@@ -257,7 +259,7 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
     out[f"{GENERATED}/counts.html"] = kinds.counts_html(
         papers, {name: site_url(kinds.kind_page_path(name)) for name, _, _ in other})
     page("generated/removed.md", kinds.removed_page(read_removed(root)))
-    extra_nav = [*measured.nav, {"Other contributions": kind_nav}, {"Removed entries": "generated/removed.md"}]
+    extra_nav = [*measured.nav, *deploy_page.NAV, {"Other contributions": kind_nav}, {"Removed entries": "generated/removed.md"}]
     out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, extra_nav)
     vocab, _ = check.load_vocab(root / "taxonomy.yaml")
     out[schema.SCHEMA_PATH] = schema.render(vocab or check.Vocab())

@@ -91,7 +91,11 @@ def fake_quant_ste(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int,
 
 
 def quantize_weight(W: torch.Tensor, bits: int, group_size: int | None = None, sym: bool = False) -> torch.Tensor:
-    """Round-to-nearest min-max quantization of a `[out, in]` weight; returns the dequantized weight."""
+    """Round-to-nearest min-max quantization of a `[out, in]` weight; returns the dequantized weight.
+
+    Handed a model's parameter, it also records the grid on it (see refimpl.core.grid)."""
+    from refimpl.core.grid import record_if_param   # grid builds on this module: import at call time
     Wg = to_groups(W, group_size)
     s, z = minmax_qparams(Wg, bits, sym)
+    record_if_param(W, s, z, bits, group_size, sym)
     return from_groups(fake_quant(Wg, s, z, bits, sym)).to(W.dtype)

@@ -29,7 +29,7 @@ KINDS = ("ptq-weight", "ptq-weight-act", "format", "qat", "mixed-precision", "da
 _REGISTRY: dict[str, "Technique"] = {}
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # Sub-packages that hold infrastructure, not techniques.
-_NOT_TECHNIQUES = {"core", "bench"}
+_NOT_TECHNIQUES = {"core", "bench", "deploy"}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.calib import find_linears
+from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import from_groups, qrange, to_groups
 from refimpl.core.registry import register
 
@@ -86,6 +87,7 @@ def hqq_quantize(W: torch.Tensor, bits: int, group_size: int | None = None, sym:
             break  # early stop: no group improved
         best_err = torch.where(better, err, best_err)
         best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    record_if_param(W, best_s, best_z, bits, group_size, sym)
     return from_groups(dequant(best_s, best_z)[1]).to(W.dtype)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from refimpl.core.grid import record
 from refimpl.core.act import set_module
 from refimpl.core.calib import find_linears
 from refimpl.core.quantizer import qrange
@@ -141,6 +142,8 @@ def fixed_point(model, cfg, calib):
         W_q = fixed_codes(W.float(), cfg.bits, fw)
         # Ŵ = W_q · 2^−fw is exact in any float dtype with ≥ b mantissa bits
         W.copy_(torch.ldexp(W_q, -fw))
+        step = torch.ldexp(torch.ones_like(W[:, :1], dtype=torch.float32), -fw)
+        record(W, step, torch.zeros_like(step), cfg.bits, None, True)
         if cfg.act_bits is not None:
             set_module(model, name, FixedPointLinear(layer, W_q, fw, cfg.act_bits))
     return model

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.layerwise import for_each_layer
+from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import fake_quant, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import register
 
@@ -57,7 +58,7 @@ def gptq_with_grid(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int 
     """`gptq_quantize`, also returning the grid it used: (Ŵ, s, z) with s, z `[out, in/g, 1]`."""
     out_f, in_f = W.shape
     in_dtype, dtype = W.dtype, torch.promote_types(W.dtype, torch.float32)
-    W = W.to(dtype).clone()
+    W_param, W = W, W.to(dtype).clone()
     H = H.to(torch.float64).clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
@@ -93,6 +94,7 @@ def gptq_with_grid(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int 
             W1[:, i:] -= Err1[:, i:i + 1] @ U1[i:i + 1, i:]
         # lazy batch update of every column after the block: W_{:, >b} −= Err_b · U_{b, >b}
         W[:, b2:] -= Err1 @ U[b1:b2, b2:]
+    record_if_param(W_param, s_all, z_all, bits, group_size, sym)
     return Q[:, torch.argsort(perm)].to(in_dtype), s_all, z_all
 
 

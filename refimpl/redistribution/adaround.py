@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.layerwise import for_each_layer
+from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import from_groups, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.core.registry import register
 
@@ -92,6 +93,7 @@ def learn_rounding(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int 
     h = rectified_sigmoid(V.detach())
     up_g = to_groups(h >= 0.5, group_size).to(dtype)
     W_q = from_groups(s * (down + up_g * (up - down) - z))
+    record_if_param(W, s, z, bits, group_size, sym)
     return W_q.to(W.dtype), h
 
 

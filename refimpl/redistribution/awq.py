@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from refimpl.core.calib import capture_inputs, find_linears, sequential_blocks
-from refimpl.core.quantizer import from_groups, quantize_weight, to_groups
+from refimpl.core.grid import record_if_param
+from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, register
-from refimpl.redistribution._llama import norm_groups
+from refimpl.redistribution._llama import norm_groups, scale_norm
 
 # (producer, consumer) Linear pairs, relative to a block, where a per-channel factor on the
 # consumer's input folds exactly into the producer's output rows (checked for width below)
@@ -84,16 +85,21 @@ def clip_quant(W: torch.Tensor, C: torch.Tensor, cfg, n_grid: int = 20, max_shri
     Cg = torch.stack([C[k * g:(k + 1) * g, k * g:(k + 1) * g] for k in range(ng)])
     amax = Wg.abs().amax(-1, keepdim=True)
     best_err = torch.full(Wg.shape[:2], float("inf"), device=W.device)
-    best_q = Wg
+    best_q = Wg.clone()
+    best_s = torch.ones(*Wg.shape[:2], 1, device=W.device)
+    best_z = torch.zeros_like(best_s)
     for i in range(int(max_shrink * n_grid)):
         r = 1 - i / n_grid
         Wc = torch.maximum(torch.minimum(Wg, amax * r), -amax * r)
-        Wq = to_groups(quantize_weight(from_groups(Wc), cfg.bits, cfg.group_size, cfg.sym), cfg.group_size)
+        s, z = minmax_qparams(Wc, cfg.bits, cfg.sym)
+        Wq = fake_quant(Wc, s, z, cfg.bits, cfg.sym)
         d = Wg - Wq
         err = (torch.einsum("onk,nkl->onl", d, Cg) * d).sum(-1)  # [out, ng]
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_q = torch.where(better.unsqueeze(-1), Wq, best_q)
+        best_s, best_z = torch.where(better.unsqueeze(-1), s, best_s), torch.where(better.unsqueeze(-1), z, best_z)
+    record_if_param(W, best_s, best_z, cfg.bits, cfg.group_size, cfg.sym)
     return from_groups(best_q).to(W.dtype)
 
 
@@ -120,7 +126,7 @@ def apply_scale(block: nn.Module, names: list[str], s: torch.Tensor, norm: nn.Mo
         layer = block.get_submodule(n)
         layer.weight.mul_(s.to(layer.weight.dtype))
     if norm is not None:
-        norm.weight.div_(s.to(norm.weight.dtype))
+        scale_norm(norm, 1 / s)
     if prev is not None:
         p = block.get_submodule(prev)
         p.weight.div_(s.to(p.weight.dtype)[:, None])

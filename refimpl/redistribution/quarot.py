@@ -50,7 +50,7 @@ from refimpl.core.calib import find_linears
 from refimpl.core.hadamard import hadamard, is_supported
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, get, register
-from refimpl.redistribution._llama import llama_parts
+from refimpl.redistribution._llama import llama_parts, norm_gain, set_norm_gain
 
 
 class RotateInput(nn.Module):
@@ -127,10 +127,10 @@ def _set(p: nn.Parameter, value: torch.Tensor) -> None:
 
 def fold_norm(norm: nn.Module, linears: list[nn.Linear]) -> None:
     """W ← W·diag(g), g ← 1: the norm becomes a pure RMS normalisation, which commutes with Q."""
-    g = norm.weight.detach().double()
+    g = norm_gain(norm)
     for lin in linears:
         _set(lin.weight, lin.weight.double() * g)
-    norm.weight.data.fill_(1.0)
+    set_norm_gain(norm, torch.ones_like(g))
 
 
 def head_dim_of(model: nn.Module, attn: nn.Module) -> int:

@@ -31,7 +31,7 @@ from refimpl.core.act import QLinear, set_module
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.quantizer import quantize_weight
 from refimpl.core.registry import Claim, Deviation, register
-from refimpl.redistribution._llama import norm_groups
+from refimpl.redistribution._llama import norm_groups, scale_norm
 
 
 @torch.no_grad()
@@ -71,7 +71,7 @@ def smooth(model: nn.Module, layers: dict[str, nn.Linear], X_max: dict[str, torc
         if not all(n in layers and n in X_max for n in names):
             continue
         s = smoothing_factors(X_max[names[0]], [layers[n].weight for n in names], alpha)
-        norm.weight.div_(s.to(norm.weight.dtype))
+        scale_norm(norm, 1 / s)
         for n in names:
             layers[n].weight.mul_(s.to(layers[n].weight.dtype))
         done.extend(names)

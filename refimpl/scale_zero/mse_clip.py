@@ -27,6 +27,7 @@ import torch
 
 from refimpl.core.calib import find_linears
 from refimpl.core.layerwise import for_each_layer
+from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, to_groups
 from refimpl.core.registry import register
 
@@ -76,6 +77,7 @@ def mse_clip_quantize(W: torch.Tensor, H: torch.Tensor | None, bits: int, group_
                       sym: bool = False, grid: int = 100) -> torch.Tensor:
     """Dequantized Ŵ on the clipped grids found by `clip_qparams`."""
     s, z = clip_qparams(W, H, bits, group_size, sym, grid)
+    record_if_param(W, s, z, bits, group_size, sym)
     Wg = to_groups(W.to(s.dtype), group_size)
     return from_groups(fake_quant(Wg, s, z, bits, sym)).to(W.dtype)
 

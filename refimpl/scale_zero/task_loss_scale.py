@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from refimpl.core.calib import find_linears, run_model
+from refimpl.core.grid import record
 from refimpl.core.quantizer import fake_quant, fake_quant_ste, from_groups, minmax_qparams, to_groups
 from refimpl.core.registry import register
 from refimpl.scale_zero.mse_clip import clip_qparams
@@ -138,6 +139,7 @@ def write_quantized(layers: dict[str, nn.Linear], qparams: dict, bits: int, grou
     for name, layer in layers.items():
         s, z = qparams[name]
         layer.weight.copy_(from_groups(fake_quant(to_groups(layer.weight, group_size), s, z, bits, sym)))
+        record(layer.weight, s, z, bits, group_size, sym)
 
 
 @register(id="task_loss_scale", name="Task-loss scale tuning (PD-Quant-style)", subcategory="3.1.2",
