@@ -54,7 +54,7 @@ class FracWeightQuant(nn.Module):
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         b = self.b.to(W.dtype)
-        # neighbours lo ≤ b ≤ hi among the choices; at the top choice the weight on hi is 0
+        # neighbours lo ≤ b ≤ hi among the choices; at the top choice t = 1, so the weight on lo is 0
         hi = next((k for k, c in enumerate(self.choices) if c > b.item()), len(self.choices) - 1)
         lo = max(hi - 1, 0)
         if lo == hi:

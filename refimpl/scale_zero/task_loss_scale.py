@@ -1,9 +1,13 @@
 """Task-loss scale tuning: learn every weight scale by gradient descent on the whole model's output error.
 
-Paper: Liu, Zhou, Wang, Wang, Li, Wu, "PD-Quant: Post-Training Quantization Based on Prediction
-Difference Metric" (arXiv 2212.07048, CVPR 2023) — quantization parameters are judged by how
-much the quantized model's *prediction* differs from the full-precision one, not by a
-layer-local error.
+Paper: Liu, Niu, Yuan, Yang, Wang, Liu, "PD-Quant: Post-Training Quantization Based on
+Prediction Difference Metric" (arXiv 2212.07048, CVPR 2023) — quantization parameters are judged
+by how much the quantized model's *prediction* differs from the full-precision one, not by a
+layer-local error. PD-Quant itself works block by block: the *activation* scales of each block
+are learned on the prediction-difference loss (KL between the full-precision and quantized
+predictions, the rest of the network run in full precision) plus a regulariser that keeps the
+block's output near the full-precision one, the weights' rounding is reconstructed BRECQ-style,
+and "distribution correction" moves the calibration activations towards the batch-norm statistics.
 Taxonomy: 3.1.2 Task Loss.
 
 Starting from min-max scales (or MSE-clipped ones, `init="mse_clip"`), every per-channel /
@@ -18,8 +22,10 @@ The loss compares the quantized model with the float model on calibration batche
 The float output is recomputed on the fly for each batch (weights temporarily unquantized),
 so no memory is spent on stored targets. Zero-points stay at their initial values and the
 weights themselves are not trained, so the result lies on a uniform grid per group.
-Simplified vs the paper: only weight scales are learned (no activation quantization, no
-distribution-correction regulariser).
+What this module keeps of PD-Quant is the idea alone — a parameter judged by the model's
+prediction — applied to a different parameter: it learns *weight* scales, for all layers at
+once, on the whole model's output, with no activation quantization, no block-wise schedule, no
+regulariser, no weight-rounding reconstruction and no distribution correction.
 """
 from __future__ import annotations
 
