@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize
 
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.quantizer import fake_quant, fake_quant_ste, from_groups, minmax_qparams, to_groups
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.scale_zero.mse_clip import clip_qparams
 
 
@@ -138,7 +138,23 @@ def write_quantized(layers: dict[str, nn.Linear], qparams: dict, bits: int, grou
 
 
 @register(id="task_loss_scale", name="Task-loss scale tuning (PD-Quant-style)", subcategory="3.1.2",
-          paper="pd-quant", kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True)
+          paper="pd-quant", kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), needs_calib=True,
+          deviations=(
+              Deviation(what="Learns weight scales; PD-Quant learns activation scales (weights by BRECQ-style rounding).",
+                        why="The smollm2-ppl and minilm-layers tasks are weight-only.",
+                        effect="Tests PD-Quant's thesis (a prediction-level loss beats a local one) on another parameter."),
+              Deviation(what="All layers at once on the whole model's output, not block by block; no block-output "
+                             "regulariser and no distribution correction.",
+                        why="A whole-model loss is the simplest form of the prediction-difference metric; distribution "
+                            "correction needs batch-norm statistics, which the transformers lack.",
+                        effect="More prone to overfitting the few calibration sequences than PD-Quant."),
+          ),
+          claims=(
+              Claim(text="A prediction-difference objective beats a layer-local one: task-loss scales vs MSE-clipped "
+                         "scales at 3-bit g64.",
+                    task="smollm2-ppl", setting="w3-g64-asym", versus="mse_clip/w3-g64-asym", metric="ppl",
+                    higher_is_better=False),
+          ))
 def task_loss_scale(model, cfg, calib, *, steps: int = 100, lr: float = 5e-3, init: str = "minmax"):
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
