@@ -34,6 +34,13 @@ class Checked:
     seeds: int                     # how many seeds both cells have
     verdict: str                   # one of VERDICTS' values, or NOT_MEASURED
 
+    @property
+    def lean(self) -> str:
+        """Which way the point values go, whatever the interval says: "better", "worse" or "equal"."""
+        if self.ours is None or self.theirs is None or self.ours == self.theirs:
+            return "equal" if self.ours is not None else ""
+        return "better" if (self.ours > self.theirs) == self.claim.higher_is_better else "worse"
+
 
 def cell_records(records: list[dict], task: str, technique: str, setting: str) -> dict[int, dict]:
     """Seed -> record of one cell: `setting` itself and its `-seed<N>` siblings."""
@@ -90,8 +97,9 @@ def _versus(claim, links: dict[str, str]) -> str:
 
 
 def _values(c: Checked) -> str:
-    seeds = f" ({c.seeds} seeds)" if c.seeds > 1 else ""
-    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{seeds}"
+    seeds = f", {c.seeds} seeds" if c.seeds > 1 else ""
+    lean = f" ({c.lean} on the point values{seeds})" if c.lean else ""
+    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{lean}"
 
 
 def _cause(c: Checked) -> str:
