@@ -5,6 +5,7 @@ written atomically with sorted keys so that a re-run with identical numbers is a
 """
 from __future__ import annotations
 
+import ast
 import datetime
 import hashlib
 import importlib.metadata
@@ -155,12 +156,51 @@ def dependency_files(technique) -> list[Path]:
     return sorted(files)
 
 
+DECLARATIONS = ("deviations", "claims")   # register() arguments that describe the code, never change it
+_DECLARATION_IMPORT = (b"from refimpl.core.registry import Claim, Deviation, register",
+                       b"from refimpl.core.registry import register")
+
+
+def without_declarations(source: bytes) -> bytes:
+    """`source` as it reads without the deviations=/claims= arguments of its register(...) calls
+    (and the names imported for them), so that declaring them does not mark records stale.
+
+    Only trailing arguments are cut (the text between the last other argument and the closing
+    parenthesis); any other placement leaves the source as it is, so a hash can only be too
+    strict, never too lenient."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    starts = [0]
+    for line in source.split(b"\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    cuts = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register"):
+            continue
+        n_meta = sum(k.arg in DECLARATIONS for k in node.keywords)
+        kept = node.keywords[:len(node.keywords) - n_meta]
+        if not n_meta:
+            continue
+        if not kept or any(k.arg in DECLARATIONS for k in kept):
+            return source
+        # ast offsets count UTF-8 bytes from the start of their line
+        start = starts[kept[-1].value.end_lineno - 1] + kept[-1].value.end_col_offset
+        end = starts[node.end_lineno - 1] + node.end_col_offset - 1       # the closing ")"
+        cuts.append((start, end))
+    for start, end in sorted(cuts, reverse=True):
+        source = source[:start] + source[end:]
+    return source.replace(*_DECLARATION_IMPORT) if cuts else source
+
+
 def code_sha256(technique) -> str:
-    """One hash over the technique's dependency files (relative path + content), in a stable order."""
+    """One hash over the technique's dependency files (relative path + content), in a stable order.
+    Declared deviations and claims are left out (`without_declarations`): they change no number."""
     h = hashlib.sha256()
     for path in dependency_files(technique):
         rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(rel).encode() + b"\0" + without_declarations(path.read_bytes()) + b"\0")
     return h.hexdigest()
 
 
