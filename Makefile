@@ -33,7 +33,7 @@ test: setup browser-deps
 	$(PY) -m site_gen check
 	$(PY) -m site_gen build --check
 	$(PY) -m mkdocs build --strict --quiet
-	$(PY) -m site_gen bench --quick --out .cache/bench-quick
+	$(PY) -m refimpl bench --quick --out .cache/bench-quick
 	$(PY) -m pytest -q
 
 # Headless Chromium and its WebDriver for tests/browser/ (Debian packages). Installed only when
@@ -46,10 +46,10 @@ browser-deps:
 	else echo "browser-deps: chromium or chromedriver missing and not root: browser tests will skip"; fi
 
 bench: setup
-	$(PY) -m site_gen bench
+	$(PY) -m refimpl bench
 
 bench-quick: setup
-	$(PY) -m site_gen bench --quick --out .cache/bench-quick
+	$(PY) -m refimpl bench --quick --out .cache/bench-quick
 
 clean:
 	rm -rf site .pytest_cache

@@ -1,4 +1,4 @@
-"""`python -m refimpl list [--json]` and `python -m refimpl run ...` (see refimpl/bench)."""
+"""`python -m refimpl list [--json]`, `python -m refimpl run ...` and `python -m refimpl bench ...` (see refimpl/bench)."""
 from __future__ import annotations
 
 import argparse
@@ -31,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="list every registered technique by sub-category")
     p_list.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("run", help="run one technique on a benchmark task", add_help=False)
+    sub.add_parser("bench", help="run (or --verify) the benchmark matrix", add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         from refimpl.bench.cli import main as run_main
         return run_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from refimpl.bench.engine import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     return _list(args)
 

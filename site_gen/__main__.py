@@ -16,7 +16,7 @@ COMMANDS = {
     "add": ("site_gen.add", "add a paper from its arXiv id"),
     "import-awesome": ("site_gen.importer", "import entries from awesome-list JSON files"),
     "build": ("site_gen.build", "generate the site pages and README (--check: fail if stale)"),
-    "bench": ("site_gen.bench", "run benchmarks and record results"),
+    "bench": ("site_gen.bench", "alias of `python -m refimpl bench`: run benchmarks and record results"),
 }
 
 

@@ -1,7 +1,10 @@
-"""`python -m site_gen add --arxiv ID --subcategory 3.2.3 ...`: a new paper entry from arXiv.
+"""`python -m site_gen add --arxiv ID --subcategory 3.2.3 --why '...'`: a new paper entry from arXiv.
 
-Title, authors and year come from the arXiv export API; classification comes from the
-command line. The entry is validated with `site_gen.check` before anything is written,
+Title, authors and year come from the arXiv export API; the filing (sub-categories,
+contribution, one-line `why`) comes from the person on the command line, who has read the
+paper. Without `--subcategory` a method is not filed: the command prints the sub-category
+that the title's keywords suggest (site_gen.classify), as a hint to check, and writes
+nothing. The entry is validated with `site_gen.check` before anything is written,
 and written atomically (temporary file + os.replace), so any failure leaves papers/ as
 it was.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from site_gen import ROOT
 from site_gen import arxiv as arxiv_api
 from site_gen import check
+from site_gen.classify import suggest_subcategory
 from site_gen.load import dump_paper
 
 MAX_ID_WORDS = 5
@@ -86,13 +90,15 @@ def precheck_args(vocab: check.Vocab | None, subcategories, tags, venue) -> None
         raise AddError(f"--venue: unknown venue {venue!r}{check.suggest(venue, vocab.venues)}")
 
 
-def build_entry(paper: arxiv_api.ArxivPaper, *, subcategories, tags=(), venue=None, code=None,
-                entry_id: str) -> dict:
+def build_entry(paper: arxiv_api.ArxivPaper, *, subcategories, why: str, contribution: str = check.METHOD,
+                tags=(), venue=None, code=None, entry_id: str) -> dict:
+    """The entry a person files: arXiv metadata plus their sub-categories, contribution and why."""
     entry = {
         "id": entry_id, "title": paper.title, "authors": list(paper.authors), "year": paper.year,
         "venue": venue or "arXiv", "url": paper.url, "arxiv": paper.arxiv, "code": code,
-        "subcategories": list(subcategories), "classified_by": "curated", "tags": list(tags),
-        "sources": ["arxiv"],
+        "subcategories": list(subcategories),
+        "contribution": None if contribution == check.METHOD else contribution,   # method is the default
+        "why": why.strip(), "classified_by": "curated", "tags": list(tags), "sources": ["arxiv"],
     }
     name = method_name(paper.title)
     if name:
@@ -122,8 +128,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def add_paper(arxiv_ref: str, *, subcategories, tags=(), venue=None, code=None, entry_id=None,
-              dry_run=False, papers_root: Path | None = None, root: Path | None = None,
+def suggestion_text(title: str) -> str:
+    """What the keyword rules suggest for a title, worded as a hint to check against the paper."""
+    hint = suggest_subcategory(title)
+    if hint is None:
+        return "the title suggests no sub-category; read the paper and choose one (CONTRIBUTING.md)"
+    sub, rule = hint
+    return f"the title suggests {sub} ({rule.why}); check it against the paper, it is only a keyword hint"
+
+
+def add_paper(arxiv_ref: str, *, subcategories, why: str | None = None, contribution: str = check.METHOD,
+              tags=(), venue=None, code=None, entry_id=None, dry_run=False, papers_root: Path | None = None, root: Path | None = None,
               base_url: str | None = None, backoff: float = 1.0) -> tuple[Path, str]:
     """Fetch, build, validate and (unless dry_run) write one entry; returns (path, yaml text).
 
@@ -131,11 +146,14 @@ def add_paper(arxiv_ref: str, *, subcategories, tags=(), venue=None, code=None, 
     """
     root = ROOT if root is None else root   # looked up at call time so tests can point it elsewhere
     papers_root = papers_root or root / "papers"
-    if not subcategories:
-        raise AddError("--subcategory: give at least one taxonomy sub-category id (e.g. 3.2.3)")
+    if not isinstance(why, str) or not why.strip():
+        raise AddError("--why: say in one line what the paper's core technique does and where that files it "
+                       "(e.g. 'learns the clipping bound by back-propagation → 3.1.2')")
     arxiv_id = arxiv_api.parse_ref(arxiv_ref)
     vocab, _ = check.load_vocab(root / "taxonomy.yaml")
     precheck_args(vocab, subcategories, tags, venue)
+    if vocab is not None and vocab.contributions and contribution not in vocab.contributions:
+        raise AddError(f"--contribution: unknown kind {contribution!r} (one of {', '.join(sorted(vocab.contributions))})")
     if code is not None and check.url_problem(code):
         raise AddError(f"--code: {code!r} {check.url_problem(code)}")
     entries = existing_entries(papers_root)
@@ -146,11 +164,14 @@ def add_paper(arxiv_ref: str, *, subcategories, tags=(), venue=None, code=None, 
     dup = find_duplicate(entries, title=paper.title)
     if dup:
         raise AddError(dup)
+    if not subcategories and contribution == check.METHOD:
+        raise AddError(f"--subcategory: nothing was filed; give at least one sub-category id: {suggestion_text(paper.title)}")
     taken = {e.data["id"] for e in entries if isinstance(e.data.get("id"), str)}
     if entry_id is not None and entry_id in taken:
         raise AddError(f"--id: {entry_id!r} is already used")
     entry_id = entry_id or derive_id(paper.title, arxiv_id, paper.year, taken)
-    entry = build_entry(paper, subcategories=subcategories, tags=tags, venue=venue, code=code, entry_id=entry_id)
+    entry = build_entry(paper, subcategories=subcategories, why=why, contribution=contribution, tags=tags,
+                        venue=venue, code=code, entry_id=entry_id)
     path = papers_root / str(paper.year) / f"{entry_id}.yaml"
     text = dump_paper(entry)
     problems = [p for p in check.validate_text(text, path, root=root, papers_root=papers_root)
@@ -166,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m site_gen add",
                                      description="Add a paper entry from its arXiv id.")
     parser.add_argument("--arxiv", required=True, metavar="ID", help="arXiv id or arxiv.org link, e.g. 2210.17323")
-    parser.add_argument("--subcategory", action="append", default=[], required=True, metavar="ID",
-                        help="taxonomy sub-category id (repeatable), e.g. 3.2.3")
+    parser.add_argument("--subcategory", action="append", default=[], metavar="ID",
+                        help="taxonomy sub-category id (repeatable), e.g. 3.2.3; without it nothing is filed "
+                             "and the title's keyword hint is printed")
+    parser.add_argument("--why", required=True, help="one line: what the core technique does → where it is filed")
+    parser.add_argument("--contribution", default=check.METHOD,
+                        help="method (default), training, survey, benchmark, hardware or analysis")
     parser.add_argument("--tag", action="append", default=[], help="tag from taxonomy.yaml (repeatable)")
     parser.add_argument("--venue", help="venue from taxonomy.yaml `venues:` (default: arXiv)")
     parser.add_argument("--code", metavar="URL", help="link to the official code")
@@ -175,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the entry, write nothing")
     args = parser.parse_args(argv)
     try:
-        path, text = add_paper(args.arxiv, subcategories=args.subcategory, tags=args.tag, venue=args.venue,
+        path, text = add_paper(args.arxiv, subcategories=args.subcategory, why=args.why,
+                               contribution=args.contribution, tags=args.tag, venue=args.venue,
                                code=args.code, entry_id=args.entry_id, dry_run=args.dry_run)
     except (AddError, arxiv_api.ArxivError) as exc:
         print(f"site_gen add: {exc}", file=sys.stderr)

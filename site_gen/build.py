@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from site_gen import ROOT, exports, load, render, results_pages
+from site_gen import ROOT, check, exports, kinds, load, render, results_pages, schema
 
 GENERATED = "docs/generated"
 README = "README.md"
@@ -98,8 +98,9 @@ def paper_problems(entry: object, rel: str, sub_ids: set[str]) -> list[str]:
     if not isinstance(year, int) or isinstance(year, bool):
         problems.append(f"{rel}: `year` must be an integer")
     subs = entry.get("subcategories")
-    if not isinstance(subs, list) or not subs or not all(isinstance(s, str) for s in subs):
-        problems.append(f"{rel}: `subcategories` must be a non-empty list of ids")
+    if not isinstance(subs, list) or not all(isinstance(s, str) for s in subs) or (
+            not subs and entry.get("contribution", "method") == "method"):
+        problems.append(f"{rel}: `subcategories` must be a list of ids (non-empty for a method)")
     else:
         problems += [f"{rel}: unknown sub-category {s!r} (see taxonomy.yaml)"
                      for s in subs if s not in sub_ids]
@@ -110,6 +111,18 @@ def paper_problems(entry: object, rel: str, sub_ids: set[str]) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.append(f"{rel}: `{key}` must be a list of strings")
     return problems
+
+
+def read_removed(root: Path) -> list[dict]:
+    """papers/removed.yaml (a list of {id, title, url, reason}); [] when absent."""
+    path = root / "papers" / check.REMOVED_FILE
+    if not path.is_file():
+        return []
+    items = _read_yaml(path, root)
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise BuildError(f"papers/{check.REMOVED_FILE}: must be a list of {{id, title, url, reason}} "
+                         "(run `python -m site_gen check`)")
+    return items
 
 
 def read_inputs(root: Path) -> tuple[dict, list[dict]]:
@@ -198,7 +211,8 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
         techniques = load_techniques(root)
     papers_by_id = {p["id"]: p for p in papers}
     by_sub: dict[str, list[dict]] = {s["id"]: [] for s in load.subcategories(taxonomy)}
-    for p in papers:
+    # Sub-category pages describe methods; the other kinds have a page each (site_gen.kinds).
+    for p in (p for p in papers if kinds.kind(p) == kinds.METHOD):
         for sid in dict.fromkeys(p["subcategories"]):  # a sub-category listed twice counts once
             by_sub[sid].append(p)
     paths = page_paths(taxonomy)
@@ -232,12 +246,34 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
     for md_path, text in measured.pages.items():
         page(md_path, text)
     out |= measured.files
-    out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, measured.nav)
+
+    other = kinds.other_kinds(papers, kind_order(taxonomy))
+    kind_nav = []
+    # links from generated/kinds/<kind>.md to generated/taxonomy/<cat>/<sub>.md
+    links = {s["id"]: "../" + paths["sub:" + s["id"]][len("generated/"):] for s in load.subcategories(taxonomy)}
+    for name, title, kind_papers in other:
+        page(kinds.kind_page_path(name), kinds.kind_page(name, kind_papers, load.subcategories(taxonomy), links))
+        kind_nav.append({title: kinds.kind_page_path(name)})
+    out[f"{GENERATED}/counts.html"] = kinds.counts_html(
+        papers, {name: site_url(kinds.kind_page_path(name)) for name, _, _ in other})
+    page("generated/removed.md", kinds.removed_page(read_removed(root)))
+    extra_nav = [*measured.nav, {"Other contributions": kind_nav}, {"Removed entries": "generated/removed.md"}]
+    out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, extra_nav)
+    vocab, _ = check.load_vocab(root / "taxonomy.yaml")
+    out[schema.SCHEMA_PATH] = schema.render(vocab or check.Vocab())
 
     head = (TEMPLATES / "README.head.md").read_text(encoding="utf-8").rstrip()
     out[README] = (f"{head}\n\n{_MARK}\n\n"
-                   f"{render.readme_list(taxonomy, by_sub, len(papers)).rstrip()}\n")
+                   f"{render.readme_list(taxonomy, by_sub, len(papers), other).rstrip()}\n")
     return dict(sorted(out.items()))
+
+
+def kind_order(taxonomy: dict) -> list[str]:
+    """Contribution kinds in taxonomy.yaml's order (`contributions:`), or the default five."""
+    order = taxonomy.get("contributions")
+    if isinstance(order, list) and all(isinstance(k, str) for k in order):
+        return order
+    return list(kinds.HEADINGS)
 
 
 # ---------------------------------------------------------------- comparing and writing

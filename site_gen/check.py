@@ -34,7 +34,7 @@ from site_gen import ROOT
 MAX_FILE_BYTES = 20 * 1024
 MAX_DEPTH = 8                 # a paper entry is map -> list -> scalar; taxonomy is deeper
 MAX_TAXONOMY_BYTES = 512 * 1024
-MAX_LEN = {"title": 300, "notes": 2000}
+MAX_LEN = {"title": 300, "why": 300, "notes": 2000}
 MAX_LEN_DEFAULT = 500         # any other string or list item
 MIN_YEAR = 1950
 N_SUBCATEGORIES = 24
@@ -43,11 +43,18 @@ REQUIRED = ("id", "title", "year", "venue", "url", "subcategories", "classified_
 # Expected type per field: str, int, or list (of non-empty strings).
 FIELD_TYPES: dict[str, type] = {
     "id": str, "title": str, "authors": list, "year": int, "venue": str, "url": str,
-    "arxiv": str, "code": str, "subcategories": list, "classified_by": str, "tags": list,
-    "aliases": list, "refimpl": list, "sources": list, "flags": list, "notes": str,
+    "arxiv": str, "code": str, "subcategories": list, "contribution": str, "why": str,
+    "classified_by": str, "tags": list, "aliases": list, "refimpl": list, "sources": list,
+    "flags": list, "notes": str,
 }
 CLASSIFIED_BY = ("survey", "curated", "rule")
-SOURCES = ("awesome-list-2020-2026", "htqin-awesome-list-2015-2024", "curated", "arxiv")
+# `why` says why a person filed the paper where it is; a keyword rule has no reason to give.
+WHY_REQUIRED_UNLESS = "rule"
+METHOD = "method"   # the default `contribution`; only methods must name a sub-category
+SOURCES = ("awesome-list-2020-2026", "htqin-awesome-list-2015-2024", "curated", "arxiv",
+           "efficient-ml-awesome-2026-05-11", "pprp-awesome-llm-quantization-2026-04-20",
+           "zhen-dong-awesome-quantization-papers-2024-11-24",
+           "zhen-dong-awesome-quantization-papers-legacy-joint-table-2024-11-24")
 
 ID_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 ARXIV_NEW_RE = re.compile(r"(?P<yy>\d{2})(?P<mm>\d{2})\.(?P<num>\d{4,5})(?:v[1-9]\d*)?\Z")
@@ -60,6 +67,11 @@ ALLOWED_TAGS = {
 }
 
 ERROR, WARNING = "error", "warning"
+
+# Entries still filed by a keyword rule (`classified_by: rule`) are tolerated while the
+# knowledge base is being read paper by paper (issue 10). Flip this to ERROR once
+# `site_gen check` reports that no rule entry is left.
+RULE_ENTRY_SEVERITY = WARNING
 
 
 @dataclass(frozen=True, order=True)
@@ -277,6 +289,7 @@ class Vocab:
     tags: set[str] = field(default_factory=set)
     venues: set[str] | None = None
     refimpl: set[str] = field(default_factory=set)
+    contributions: set[str] = field(default_factory=set)
 
 
 def _lst(value) -> list:
@@ -366,6 +379,13 @@ def check_taxonomy(data, lines: dict, display: str) -> list[Problem]:
                 continue
             for ti, tag in enumerate(items):
                 unique(tag_seen, tag, ("tags", group, ti), "tags", "tag")
+    kinds = data.get("contributions")
+    if not isinstance(kinds, list) or METHOD not in kinds:
+        err(("contributions",), "contributions", f"must be a list of contribution kinds that includes {METHOD!r}")
+    else:
+        kind_seen: dict[str, tuple] = {}
+        for ki, kind in enumerate(kinds):
+            unique(kind_seen, kind, ("contributions", ki), "contributions", "contribution kind")
     venues = data.get("venues")
     if venues is None:
         err((), "venues", "missing `venues:` list (the venue vocabulary of paper entries)")
@@ -394,6 +414,7 @@ def vocab_from_taxonomy(data) -> Vocab:
             vocab.tags.update(t for t in _lst(items) if isinstance(t, str))
     if isinstance(data.get("venues"), list):
         vocab.venues = {v for v in data["venues"] if isinstance(v, str)}
+    vocab.contributions = {c for c in _lst(data.get("contributions")) if isinstance(c, str)}
     return vocab
 
 
@@ -609,7 +630,9 @@ def check_arxiv(entry: Entry, ctx: Context) -> Iterator[Finding]:
         yield "arxiv", line, f"{value!r} is not an arXiv id (like 2210.17323 or hep-th/9901001, optional vN)"
         return
     year = entry.data.get("year")
-    if isinstance(year, int) and not isinstance(year, bool) and year < ayear:
+    # a paper first put on arXiv after its venue is legitimate (check_arxiv_after_venue warns);
+    # an arXiv-only entry cannot predate its own id
+    if isinstance(year, int) and not isinstance(year, bool) and year < ayear and entry.data.get("venue") == "arXiv":
         yield "arxiv", line, f"year {year} is earlier than the arXiv id's year {ayear}"
     url = entry.data.get("url")
     m = re.match(r"https?://(?:www\.|export\.)?arxiv\.org/(?:abs|pdf)/(.+?)(?:\.pdf)?/?$", url) if isinstance(url, str) else None
@@ -635,6 +658,8 @@ def check_vocabularies(entry: Entry, ctx: Context) -> Iterator[Finding]:
                 where = " in taxonomy.yaml" if name != "sources" else ""
                 yield name, entry.line(name, i), f"unknown {what[name]} {item!r}{where}{suggest(item, allowed)}"
     checks = [("classified_by", set(CLASSIFIED_BY), "classified_by value")]
+    if vocab is not None and vocab.contributions:
+        checks.append(("contribution", vocab.contributions, "contribution kind (see `contributions:` in taxonomy.yaml)"))
     if vocab is not None and vocab.venues is not None:
         checks.append(("venue", vocab.venues, "venue (add it to `venues:` in taxonomy.yaml if it is real)"))
     for name, allowed, label in checks:
@@ -653,9 +678,11 @@ def check_lists(entry: Entry, ctx: Context) -> Iterator[Finding]:
         value = entry.data.get(name)
         if want is not list or not isinstance(value, list):
             continue
-        if not value:
+        if not value and not (name == "subcategories" and not is_method(entry)):
             yield name, entry.line(name), "must not be an empty list (omit the field instead)" if name not in REQUIRED \
-                else "must list at least one item"
+                else "must list at least one item" + (" (a method is filed somewhere; only a survey, "
+                                                      "benchmark, hardware or analysis entry may list none)"
+                                                      if name == "subcategories" else "")
         seen: dict = {}
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -664,6 +691,41 @@ def check_lists(entry: Entry, ctx: Context) -> Iterator[Finding]:
                 yield name, entry.line(name, i), f"duplicate item {item!r} (also item {seen[item] + 1})"
             else:
                 seen[item] = i
+
+
+def is_method(entry: Entry) -> bool:
+    """Whether the entry proposes a method (`contribution` absent means method)."""
+    return entry.data.get("contribution", METHOD) in (METHOD, None)
+
+
+@rule(ERROR)
+def check_why(entry: Entry, ctx: Context) -> Iterator[Finding]:
+    """Every entry a person filed says why, in one line (`why`); only keyword-rule entries lack it."""
+    filed_by = entry.data.get("classified_by")
+    if isinstance(filed_by, str) and filed_by != WHY_REQUIRED_UNLESS and entry.data.get("why") is None:
+        yield "why", entry.line("classified_by"), (
+            f"missing: an entry filed by {filed_by!r} needs a one-line `why` (what its core technique does "
+            f"and where that puts it, e.g. 'learns the clipping bound by back-propagation → 3.1.2')")
+
+
+@rule(WARNING)
+def check_arxiv_after_venue(entry: Entry, ctx: Context) -> Iterator[Finding]:
+    """A published paper whose arXiv id is younger than its venue year: legitimate (posted later),
+    but also what a wrong id looks like, so it is pointed out for a second look."""
+    value, year = entry.data.get("arxiv"), entry.data.get("year")
+    ayear = arxiv_year(value) if isinstance(value, str) else None
+    if ayear and isinstance(year, int) and not isinstance(year, bool) and year < ayear \
+            and entry.data.get("venue") != "arXiv":
+        yield "arxiv", entry.line("arxiv"), (f"posted to arXiv in {ayear}, after its {year} venue: "
+                                             "make sure the id is this paper's")
+
+
+@rule(RULE_ENTRY_SEVERITY)
+def check_not_rule_filed(entry: Entry, ctx: Context) -> Iterator[Finding]:
+    """`classified_by: rule` means nobody has read the paper yet (see RULE_ENTRY_SEVERITY)."""
+    if entry.data.get("classified_by") == "rule":
+        yield "classified_by", entry.line("classified_by"), (
+            "filed by a keyword rule, not yet read: read the paper, file it and write `why` (CONTRIBUTING.md)")
 
 
 @rule(WARNING)
@@ -730,6 +792,63 @@ def check_duplicates(entries: list[Entry], existing: list[Entry] = ()) -> list[P
     return out
 
 
+# ---------------------------------------------------------------- removed entries
+REMOVED_FILE = "removed.yaml"          # papers/removed.yaml: entries that left, with the reason
+REMOVED_FIELDS = ("id", "title", "url", "reason")
+
+
+def _removed_item_problems(item, index: int, line: int, display: str) -> list[Problem]:
+    """Shape of one removed entry: exactly id, title, url and reason, each a one-line string."""
+    if not isinstance(item, dict):
+        return [Problem(display, line, f"[{index}]", "each removed entry must be a mapping of id, title, url, reason")]
+    out = [Problem(display, line, str(k), f"unknown field {str(k)!r} (allowed: {', '.join(REMOVED_FIELDS)})")
+           for k in item if k not in REMOVED_FIELDS]
+    for name in REMOVED_FIELDS:
+        value = item.get(name)
+        if not isinstance(value, str) or not value.strip():
+            out.append(Problem(display, line, name, "must be a non-empty string"))
+        elif "\n" in value or BAD_CHARS_RE.search(value) or len(value) > MAX_LEN_DEFAULT:
+            out.append(Problem(display, line, name, f"must be one line of at most {MAX_LEN_DEFAULT} printable characters"))
+    if isinstance(item.get("id"), str) and not ID_RE.match(item["id"]):
+        out.append(Problem(display, line, "id", f"{item['id']!r} is not kebab-case"))
+    if isinstance(item.get("url"), str) and item["url"].strip() and url_problem(item["url"]):
+        out.append(Problem(display, line, "url", f"{item['url'][:80]!r} {url_problem(item['url'])}"))
+    return out
+
+
+def check_removed(papers_root: Path, tree: list[Entry]) -> list[Problem]:
+    """papers/removed.yaml: a list of {id, title, url, reason}; ids unique and not back in papers/."""
+    path = papers_root / REMOVED_FILE
+    if not path.exists() and not path.is_symlink():
+        return []
+    display = display_path(path)
+    data, problems = read_bytes(path, display, MAX_TAXONOMY_BYTES)
+    text, more = decode(data, display) if data is not None else (None, [])
+    problems += more
+    if text is None:
+        return problems
+    try:
+        items, lines, _ = parse_yaml(text, max_depth=3)
+    except YamlRefused as exc:
+        return problems + [Problem(display, exc.line, "(yaml)", exc.message)]
+    if not isinstance(items, list):
+        return problems + [Problem(display, 1, "(file)", "must be a YAML list (`[]` when empty)")]
+    present = {e.data["id"]: e.display for e in tree if isinstance(e.data.get("id"), str)}
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        line = lines.get((i,), 1)
+        problems += _removed_item_problems(item, i, line, display)
+        rid = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(rid, str):
+            continue
+        if rid in seen:
+            problems.append(Problem(display, line, "id", f"{rid!r} is listed twice (also line {seen[rid]})"))
+        seen.setdefault(rid, line)
+        if rid in present:
+            problems.append(Problem(display, line, "id", f"{rid!r} is listed as removed but {present[rid]} still exists"))
+    return problems
+
+
 def check_stray_files(papers_root: Path) -> list[Problem]:
     """YAML-looking files that `papers/*/*.yaml` would silently skip, and non-year folders."""
     out = []
@@ -747,6 +866,8 @@ def check_stray_files(papers_root: Path) -> list[Problem]:
             low = name.lower()
             if not (low.endswith(".yaml") or low.endswith(".yml")):
                 continue
+            if depth == 0 and name == REMOVED_FILE:
+                continue   # the list of removed entries, validated by check_removed
             if depth != 1 or not name.endswith(".yaml"):
                 out.append(Problem(display_path(Path(dirpath, name)), 1, "(file)",
                                    "not picked up: entries must be papers/<year>/<id>.yaml"))
@@ -822,6 +943,7 @@ def validate_paths(paths: Iterable[str | Path] | None = None, *, root: Path | No
     tree, tree_problems, n_tree = _load_tree(papers_root)
     if not paths:
         targets, problems = tree, problems + tree_problems + check_stray_files(papers_root)
+        problems += check_removed(papers_root, tree)
         existing, n = [], n_tree
     else:
         # Explicit paths: folders expand to their YAML files; files are taken as given.
@@ -874,6 +996,11 @@ def validate_text(text: str, path: Path, *, root: Path | None = None, papers_roo
     return sorted(set(problems))
 
 
+def count_rule_entries(problems: list[Problem]) -> int:
+    """How many checked entries are still filed by a keyword rule (from check_not_rule_filed's findings)."""
+    return len({p.path for p in problems if p.field == "classified_by" and p.message.startswith("filed by a keyword rule")})
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print every problem, then a one-line summary; exit 1 on any error."""
     parser = argparse.ArgumentParser(prog="python -m site_gen check",
@@ -888,6 +1015,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings = len(problems) - errors
     n = count[0] if count else 0
     noun = "paper" if n == 1 else "papers"
+    unread = count_rule_entries(problems)
+    if unread:
+        print(f"{unread} of {n} {noun} still filed by a keyword rule (classified_by: rule), "
+              f"reported as {RULE_ENTRY_SEVERITY}s; make RULE_ENTRY_SEVERITY an error once none is left")
     if errors:
         print(f"checked {n} {noun}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
         return 1

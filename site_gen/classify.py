@@ -1,15 +1,19 @@
-"""Classify a paper title into taxonomy sub-categories and tags.
+"""Suggest taxonomy sub-categories and tags for a paper title. Suggestions only: a person
+who has read the paper files it (`site_gen add --subcategory ... --why ...`); nothing here
+writes an entry.
 
 Two stages, tried in order:
 
-1. **Survey match** (`classified_by: survey`): the method name a title announces
-   (the text before its first colon, e.g. "GPTQ" in "GPTQ: Accurate ...") equals a
-   method that the survey's taxonomy figure files under one or more sub-categories
-   (taxonomy.yaml `methods`). A few figure methods are known by a name that their
-   title does not start with; `SURVEY_TITLES` maps those titles to the method.
-2. **Keyword rules** (`classified_by: rule`): an ordered list of reviewed regular
-   expressions over the title; the first rule that matches decides. Each rule says
-   why it points where it does. Titles no rule catches land in 3.8 Others.
+1. **Survey match**: the method name a title announces (the text before its first colon,
+   e.g. "GPTQ" in "GPTQ: Accurate ...") equals a method that the survey's taxonomy figure
+   files under one or more sub-categories (taxonomy.yaml `methods`). A few figure methods
+   are known by a name that their title does not start with; `SURVEY_TITLES` maps those
+   titles to the method.
+2. **Keyword rules**: an ordered list of regular expressions over the title; the first rule
+   that matches suggests its sub-category and says why. Words match whole (`posit` is not
+   "position", `loss` is not "Lossless"). A title no rule catches gets no suggestion:
+   none is better than a wrong one, so there is no catch-all (no 3.8 fallback, no "every
+   binary network is 3.1.1").
 
 Tags come from independent rules (a title may carry many) plus the keywords of
 the htqin list (bnn, hardware, snn).
@@ -18,9 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-OTHERS = "3.8"
-
 
 def method_key(name: str) -> str:
     """Normalise a method name for comparison: lower case, LaTeX superscripts
@@ -85,6 +86,10 @@ SURVEY_TITLES = {
     r"^post-training quantization with progressive calibration and activation relaxing for text-to-image diffusion models$": "PCR",
     r"^timestep-aware correction for quantized diffusion models$": "TAC-Diffusion",
     r"^quantized distributed training of large models with convergence guarantees$": "QSDP",
+    r"^fine-grained data distribution alignment for post-training quantization$": "FDDA",
+    r"^stochastic precision ensemble: self-knowledge distillation for quantized deep neural networks$": "SPEQ",
+    r"^automatic joint structured pruning and quantization for efficient neural network training and compression$": "GETA",
+    r"^pushing the limits of narrow precision inferencing at cloud scale with microsoft floating point$": "MSFP",
 }
 
 # Title-prefix names that also belong to an unrelated paper: the prefix alone is not
@@ -148,8 +153,8 @@ def survey_match(title: str, index: dict) -> tuple[str, list[str]] | None:
 
 @dataclass(frozen=True)
 class Rule:
-    """One keyword rule: `pattern` (case-insensitive regex over the title) files the
-    paper under `subcategory`; `why` is the reviewer's reason."""
+    """One keyword rule: `pattern` (case-insensitive regex over the title) suggests
+    `subcategory`; `why` is the reviewer's reason."""
     name: str
     pattern: str
     subcategory: str
@@ -157,6 +162,8 @@ class Rule:
 
 
 DIFFUSION = r"diffusion|\bdit\b|dits\b|text-to-image|video generation|stable diffusion|denois|flow matching|\bflux\b"
+# "scale" as the quantizer's step size, not "at Scale" (LLM.int8()), "large-scale" or "scaling laws".
+SCALE = r"(?<!at )(?<!large-)(?<!large )\bscal(?:e|es|ing)\b(?! laws?)"
 
 # Ordered: the first matching rule wins. Domain-specific families (diffusion,
 # data-free, number formats) come first because their titles also mention the
@@ -165,7 +172,7 @@ RULES: tuple[Rule, ...] = (
     # --- 3.7 diffusion models -------------------------------------------------------
     Rule("dm-calibration", rf"({DIFFUSION}).*(calibrat|timestep-aware sampl|sampling-aware|data-free|dataset)|(calibrat|data-free).*({DIFFUSION})",
          "3.7.2", "diffusion papers about which samples/timesteps calibrate the quantizer"),
-    Rule("dm-activation", rf"({DIFFUSION}).*(activation|temporal|timestep|dynamic|distribution|outlier|smooth|rotat)|(temporal|timestep|activation|outlier).*({DIFFUSION})",
+    Rule("dm-activation", rf"({DIFFUSION}).*(activation|temporal|timestep|\bdynamic\b|distribution|outlier|smooth|rotat)|(temporal|timestep|activation|outlier).*({DIFFUSION})",
          "3.7.3", "diffusion papers that track how activations change over denoising steps"),
     Rule("dm-error", rf"({DIFFUSION}).*(error|correct|compensat|mixed|bits?\b|binar|low-rank|1-bit|extreme|ultra-low)|(error|binar|mixed-precision|low-rank).*({DIFFUSION})",
          "3.7.4", "diffusion papers that model, correct or budget the quantization error"),
@@ -177,16 +184,16 @@ RULES: tuple[Rule, ...] = (
     Rule("df-generation", r"data-free|data free|zero-shot|zero shot|synthetic (data|image|sample)|sample generation|without (real )?data|dataless|data-agnostic",
          "3.5.2", "data-free methods mostly synthesise calibration inputs (BN-statistics matching, generators)"),
     # --- 3.6 number formats ---------------------------------------------------------------
-    Rule("fmt-float", r"floating[- ]point|\bfloat|\bfp ?(4|6|8|16)\b|\bmx(fp|int)?\d*\b|microscal|posit|\bexponent\b|block floating|\bbfp\b|\bnvfp4\b|minifloat",
+    Rule("fmt-float", r"floating[- ]point|\bfloat|\bfp ?(4|6|8|16)\b|\bmx(fp|int)?\d*\b|microscal|\bposits?\b|\bexponent\b|block floating|\bbfp\b|\bnvfp4\b|minifloat",
          "3.6.1", "low-bit floating-point or shared-exponent formats"),
     Rule("fmt-fixed", r"fixed[- ]point|integer[- ]only|dyadic|power[- ]of[- ]two|shift(-| )?based|bit[- ]shift",
          "3.6.2", "fixed-point / integer-only arithmetic and power-of-two scales"),
-    Rule("fmt-other", r"look-?up table|\blut\b|codebook|vector quantiz|additive quantiz|lattice|non-?uniform|logarithmic|\blog(arithmic)?[- ]?(scale|quant|domain)|learnable (quantization )?levels|trellis|product quantiz|\bnf4\b|normal ?float|lora\b|adapter",
+    Rule("fmt-other", r"look-?up table|\blut\b|codebook|vector quantiz|additive quantiz|lattice|non-?uniform|logarithmic|\blog(arithmic)?[- ]?(scale|quant|domain)|learnable (quantization )?levels|trellis|product quantiz|\bnf4\b|normal ?float|\blora\b|\badapters?\b",
          "3.6.3", "non-uniform grids, codebooks and quantized-base fine-tuning formats (NF4/QLoRA family)"),
     # --- 3.3 mixed precision ------------------------------------------------------------
     Rule("mp-search", r"(mixed[- ]precision|bit[- ]?width|bit allocation|precision allocation).*(search|reinforcement|evolution|integer (linear )?programming|\bilp\b|\bnas\b|pareto|knapsack)|(search|automl|automated|reinforcement).*(mixed[- ]precision|bit[- ]?width|quantization polic)",
          "3.3.3", "bit-width assignment found by an explicit search/optimisation procedure"),
-    Rule("mp-dynamic", r"(dynamic|content-aware|instance-aware|input-adaptive|runtime|on-the-fly).*(precision|bit[- ]?width|quantiz)|any-?precision|switchable|once-for-all|multi-bit|arbitrary bit",
+    Rule("mp-dynamic", r"(\bdynamic\b|content-aware|instance-aware|input-adaptive|runtime|on-the-fly).*(precision|bit[- ]?width|quantiz)|any-?precision|switchable|once-for-all|multi-bit|arbitrary bit",
          "3.3.4", "precision that changes per input or at run time"),
     Rule("mp-adaptive", r"(learn(ed|able)?|differentiable|adaptive|trainable|gradient-guided)\b[\w\s-]{0,30}(bit[- ]?widths?|precision|mixed)|mixed[- ]precision.*(learn|differentiable|adaptive)|fractional bit|bit[- ]?width-adaptive",
          "3.3.2", "bit-widths learned jointly with the weights"),
@@ -196,38 +203,35 @@ RULES: tuple[Rule, ...] = (
     Rule("oscillation", r"oscillat|weight flip|flip-?flop|latent weight|sign flip",
          "3.2.1", "weights bouncing between grid points during QAT"),
     # --- 3.4 redistribution -------------------------------------------------------------
-    Rule("rounding", r"rounding|round(-| )to(-| )nearest|\bround\b",
+    Rule("rounding", r"\brounding\b|round(-| )to(-| )nearest|\bround\b",
          "3.4.4", "learns or searches the up/down rounding decision"),
-    Rule("outlier", r"outlier|smooth|rotat|hadamard|incoheren|equivalent transform|equaliz|massive activation|channel[- ]wise scal|migrat|reorder|permut|kv[- ]?cache|key[- ]value cache|attention sink",
+    Rule("outlier", r"outlier|smooth|\brotat|hadamard|incoheren|equivalent transform|equaliz|massive activation|channel[- ]wise scal|migrat|reorder|permut|kv[- ]?cache|key[- ]value cache|attention sink",
          "3.4.3", "moves or removes outliers (smoothing, rotation, reordering) before quantizing"),
-    Rule("bias", r"\bbias|shift|re-?centr|mean[- ]correct",
+    Rule("bias", r"\bbias\b|\bshift\b|re-?centr|mean[- ]correct",
          "3.4.1", "corrects the systematic shift (bias) that quantization introduces"),
-    Rule("distribution", r"distribution|kurtosis|regulari[sz]|uniform|gaussian|entropy|information|balanc|reparameteri|normaliz|batch ?norm",
+    Rule("distribution", r"distribution|kurtosis|regulari[sz]|\buniform\b|gaussian|entropy|reparameteri|normaliz|batch ?norm",
          "3.4.2", "reshapes weight/activation distributions so a uniform grid fits them"),
     # --- 3.2 metric and mechanism -------------------------------------------------------------
-    Rule("loss", r"distill|teacher|knowledge|loss|objective|contrastive|self-supervis",
+    Rule("loss", r"distill|teacher|\bloss(es)?\b|objective|contrastive|self-supervis",
          "3.2.2", "changes the training or calibration objective"),
-    Rule("mechanism", r"hessian|second-order|optimal brain|reconstruct|error (compensat|feedback)|low-rank|\bsvd\b|gradient|straight-through|\bste\b|estimator|backward|approximat|relax|proximal|annealing|stochastic",
+    Rule("mechanism", r"hessian|second-order|optimal brain|reconstruct|error (compensat|feedback)|low-rank|\bsvd\b|straight-through|\bste\b|gradient estimat|proximal|annealing",
          "3.2.3", "a new optimisation mechanism: second-order updates, reconstruction, gradient estimators"),
     # --- 3.1 better s and z -------------------------------------------------------------
     Rule("task-loss", r"learn(ed|able|ing)? (step|scale|clip|quantiz|interval|threshold|range)|step size|trainable (scale|threshold|quantiz)|task loss|loss-aware",
          "3.1.2", "scale/zero-point learned from the task loss by back-propagation"),
-    Rule("quant-loss", r"clip|scal(e|ing)|range|interval|threshold|calibrat|quantization error|mse|zero[- ]point|asymmetric|granularit|group|per-channel|block-wise|twin",
+    Rule("quant-loss", rf"clipping|\bclipped\b|{SCALE}|\branges?\b|quantization interval|threshold|calibrat|quantization error|\bmse\b|zero[- ]point|asymmetric|granularit|group-wise|per-channel|block-wise|\btwin\b",
          "3.1.1", "scale/zero-point chosen to minimise the quantization error itself"),
-    Rule("binary-approx", r"binar|1-bit|one-bit|xnor|ternar|bnn",
-         "3.1.1", "binary/ternary networks fit weights with scaled sign/ternary codes (min ||W - aB||)"),
-    Rule("ptq-calibration", r"post-?training|\bptq\b",
-         "3.1.1", "remaining PTQ papers are calibration procedures for s and z"),
 )
 
 
-def classify_title(title: str) -> tuple[str, str]:
-    """(sub-category id, rule name) for a title; falls back to 3.8 Others."""
+def suggest_subcategory(title: str) -> tuple[str, Rule] | None:
+    """(sub-category id, the rule that suggests it) for a title, or None when no rule fits.
+    A suggestion for a person to confirm against the paper, never a filing."""
     low = title.lower()
     for rule in RULES:
         if re.search(rule.pattern, low):
-            return rule.subcategory, rule.name
-    return OTHERS, "fallback"
+            return rule.subcategory, rule
+    return None
 
 
 # Tag rules: (tag, regex over the lowercased title). All matching tags apply.

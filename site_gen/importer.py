@@ -1,23 +1,26 @@
-"""Import awesome-list JSON files into papers/: `python -m site_gen import-awesome FILE...`.
+"""Reviewer queue for awesome lists: `python -m site_gen import-awesome FILE... --queue Q | --decisions D`.
 
-Each FILE is a JSON list of records {list_year, venue, [venue_year], title, url, code,
-[keywords]}; the source name recorded in `sources` is the file's stem (for example
-`awesome-list-2020-2026`). The import is:
+Nothing is filed by keyword: a list says that a paper exists, only a person who read it
+says where it belongs. The import therefore has two steps.
 
-1. **clean** each record: soft hyphens and odd dashes out of titles, search-engine
-   redirect URLs unwrapped, arXiv ids extracted, venue spellings normalised
-   (taxonomy.yaml `venue_aliases`);
-2. **group** records that are one paper: same normalised title, same arXiv id, or a
-   known retitling (`SAME_PAPER`); an arXiv id shared by two different papers is
-   a wrong link and is resolved first (`resolve_arxiv_conflicts`);
-3. **merge** each group into one entry, fixing what the data itself proves (year from
-   the arXiv id, code links that belong to another listed paper) and recording in
-   `flags` what it cannot;
-4. **classify** it (`site_gen.classify`) and **write** papers/<year>/<id>.yaml.
+1. `--queue Q` reads the lists (each a JSON list of records; the file stem names the
+   source, e.g. `efficient-ml-awesome-2026-05-11`), cleans titles and links, folds records
+   of one paper together (same arXiv id or normalised title, within a list and between
+   lists), drops every paper already in papers/ or listed in papers/removed.yaml (by id,
+   arXiv id and normalised title), and writes the rest as a YAML queue: one candidate per
+   paper with `key` (its arXiv id, else its normalised title), a suggested id and where each
+   list has it (repository, commit, file, line).
+2. `--decisions D` applies a reader's decisions: a YAML list of
+   `{key: ..., entry: {...}}` (the full filing: id, title, authors, year, venue, url,
+   arxiv, code, subcategories, contribution, why, tags, aliases) or
+   `{key: ..., skip: <reason>}`. Filings are validated by `site_gen check` and written to
+   papers/<year>/<id>.yaml with `classified_by: curated` and the lists as `sources`;
+   skips are appended to papers/removed.yaml with their reason, so they never come back.
+   Everything is checked before anything is written.
 
-Existing entries are merged, never dropped: a paper already on disk keeps its id; an
-entry with `classified_by: curated` keeps every field and only gains sources and
-missing optional fields. Running the import twice changes nothing.
+Both steps are idempotent: a candidate filed or skipped leaves the queue, and a decision
+for a candidate that is no longer queued is ignored. The fields `kb_match`/`kb_near` of the
+lists are guesses and are not read.
 """
 from __future__ import annotations
 
@@ -26,54 +29,19 @@ import json
 import re
 import sys
 import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from site_gen import ROOT
-from site_gen.classify import survey_index, survey_match, classify_title, tags_for, title_method, method_key
+from site_gen import ROOT, check
+from site_gen.classify import survey_index, survey_match, title_method
 from site_gen.load import dump_paper, paper_path
 
-PREPRINT = "arXiv"
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
-
-# Records whose URL is missing in every source: a URL checked by hand (search of the
-# proceedings pages, November 2025). Keyed by normalised title.
-KNOWN_URLS = {
-    "allowingoscillationquantizationovercomingsolutionspacelimitationinlowbitwidthquantization":
-        "https://iccv.thecvf.com/virtual/2025/poster/1470",
-    "trainingbinaryneuralnetworkwithoutbatchnormalizationforimagesuperresolution":
-        "https://ojs.aaai.org/index.php/AAAI/article/view/16263",
-    "sabnnstateawarebinaryneuralnetwork":
-        "https://ojs.aaai.org/index.php/AAAI/article/view/16306",
-}
-
-# One paper listed under two titles that share no arXiv link in the data: the first
-# arXiv title -> the published title. AdaQuant (Hubara et al.) was an ICLR 2021
-# OpenReview submission under the first title and appeared at ICML 2021 under the second.
-SAME_PAPER = {
-    "improvingposttrainingneuralquantizationlayerwisecalibrationandintegerprogramming":
-        "accurateposttrainingquantizationwithsmallcalibrationsets",
-}
-
-# Code repositories shared by several listed papers whose owner the repository name
-# does not reveal: repo (lower case, no trailing slash) -> normalised owner title.
-# CalibTIP is the AdaQuant code ("Calibration" + "Integer Programming"); AdaRound
-# (Qualcomm) was listed with it by mistake.
-CODE_OWNERS = {
-    "https://github.com/itayhubara/calibtip":
-        "accurateposttrainingquantizationwithsmallcalibrationsets",
-}
-
-# Venues the lists spell as "paper" (no venue): what the paper is, checked by hand.
-VENUE_FIXES = {
-    "towardslosslessbinaryconvolutionalneuralnetworksusingpiecewiseapproximation": "ECAI",
-    "bnnimprovedbinarynetworktraining": "OpenReview",
-}
-
+REMOVED = check.REMOVED_FILE
 
 # Obvious misspellings in listed titles (the correct word is plain from the title
 # itself or from another list's copy of the same paper).
@@ -85,22 +53,20 @@ TITLE_TYPOS = {
 
 
 class ImportError_(Exception):
-    """A source file or the taxonomy cannot be used; the message is one line."""
+    """A source file, the decisions or the tree cannot be used; the message is one line."""
 
 
 @dataclass
 class Record:
-    """One cleaned list record."""
-    source: str
-    index: int
+    """One cleaned list record and where it was listed."""
+    source: str                 # the list's file stem
     title: str
-    venue: str
-    year: int
     url: str | None
     arxiv: str | None
     code: str | None
-    keywords: tuple[str, ...] = ()
-    fixes: list[str] = field(default_factory=list)
+    venue: str                  # as the list writes it ("ICLR22", "ICML 2023")
+    year: int | None
+    where: dict = field(default_factory=dict)   # repo, commit, file, line, section when the list gives them
 
     @property
     def key(self) -> str:
@@ -165,272 +131,6 @@ def normalise_code(url: str) -> str:
     return url.rstrip("/")
 
 
-def arxiv_year(arxiv: str) -> int:
-    return 2000 + int(arxiv[:2])
-
-
-def normalise_venue(raw: str, aliases: dict[str, str]) -> str:
-    return aliases.get(raw, raw)
-
-
-def _check_str(value, where: str, name: str, optional: bool) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ImportError_(f"{where}: field '{name}' must be a non-empty string")
-    return value.strip()
-
-
-def read_source(path: Path) -> list[dict]:
-    """Load and shape-check a source file; raise ImportError_ with a one-line reason."""
-    try:
-        if path.stat().st_size > MAX_SOURCE_BYTES:
-            raise ImportError_(f"{path}: larger than {MAX_SOURCE_BYTES} bytes")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ImportError_(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImportError_(f"{path}: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise ImportError_(f"{path}: top level must be a JSON list of records")
-    for i, rec in enumerate(data):
-        where = f"{path}: record {i}"
-        if not isinstance(rec, dict):
-            raise ImportError_(f"{where}: must be an object")
-        _check_str(rec.get("title"), where, "title", False)
-        _check_str(rec.get("venue"), where, "venue", False)
-        for name in ("url", "code"):
-            _check_str(rec.get(name), where, name, True)
-        for name in ("list_year", "venue_year"):
-            val = rec.get(name)
-            if (val is not None or name == "list_year") and (
-                    isinstance(val, bool) or not isinstance(val, int) or not 1950 <= val <= 2100):
-                raise ImportError_(f"{where}: field '{name}' must be a year (integer)")
-        kws = rec.get("keywords", [])
-        if not isinstance(kws, list) or not all(isinstance(k, str) for k in kws):
-            raise ImportError_(f"{where}: field 'keywords' must be a list of strings")
-    return data
-
-
-def clean_record(rec: dict, source: str, index: int, venue_aliases: dict[str, str]) -> Record:
-    """A raw record -> Record, noting every repair in `fixes`."""
-    fixes = []
-    title = clean_title(rec["title"])
-    if title != rec["title"].strip():
-        fixes.append(f"title cleaned, was {rec['title']!r}")
-    url = rec.get("url")
-    if url:
-        url = url.strip()
-        unwrapped = unwrap_redirect(url)
-        if unwrapped != url:
-            fixes.append("google.com redirect URL unwrapped")
-            url = unwrapped
-        url = re.sub(r"^https?://browse\.arxiv\.org/", "https://arxiv.org/", url)
-    venue = normalise_venue(rec["venue"].strip(), venue_aliases)
-    if VENUE_FIXES.get(title_key(title)):
-        fixes.append(f"venue {rec['venue']!r} replaced by {VENUE_FIXES[title_key(title)]!r}")
-        venue = VENUE_FIXES[title_key(title)]
-    code = rec.get("code")
-    if code:
-        code = normalise_code(code)
-    return Record(source=source, index=index, title=title, venue=venue,
-                  year=rec.get("venue_year") or rec["list_year"], url=url,
-                  arxiv=arxiv_from_url(url), code=code,
-                  keywords=tuple(rec.get("keywords", ())), fixes=fixes)
-
-
-# ---------------------------------------------------------------- grouping
-def _similar(a: str, b: str) -> bool:
-    """Two titles name the same paper: same method before the colon, or most words shared."""
-    ma, mb = title_method(a), title_method(b)
-    if ma and mb and method_key(ma) == method_key(mb):
-        return True
-    wa, wb = set(re.findall(r"[a-z0-9]+", a.lower())), set(re.findall(r"[a-z0-9]+", b.lower()))
-    return len(wa & wb) / max(1, len(wa | wb)) >= 0.6
-
-
-def _near_duplicate(a: Record, b: Record) -> bool:
-    """Same method and year, most title words shared, and no two different arXiv links:
-    a misspelt copy ("Nueral") rather than a second paper reusing the name (Q-ViT)."""
-    if a.arxiv and b.arxiv and a.arxiv != b.arxiv:
-        return False
-    wa, wb = set(re.findall(r"[a-z0-9]+", a.title.lower())), set(re.findall(r"[a-z0-9]+", b.title.lower()))
-    return len(wa & wb) / max(1, len(wa | wb)) >= 0.6
-
-
-def resolve_arxiv_conflicts(records: list[Record]) -> list[str]:
-    """An arXiv id carried by records of clearly different papers is a wrong link on
-    one of them: the paper that carries another arXiv id elsewhere takes that one;
-    otherwise the doubtful link is dropped and flagged. Returns defect notes."""
-    ids_by_title: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        if r.arxiv:
-            ids_by_title[r.key].add(r.arxiv)
-    recs_by_id: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        if r.arxiv:
-            recs_by_id[r.arxiv].append(r)
-    notes = []
-    for aid, recs in sorted(recs_by_id.items()):
-        titles = sorted({r.title for r in recs})
-        if len(titles) < 2 or all(_similar(titles[0], t) for t in titles[1:]):
-            continue
-        for r in recs:
-            others = sorted(ids_by_title[r.key] - {aid})
-            if len(others) == 1:
-                r.fixes.append(f"arXiv link {aid} belongs to another listed paper; replaced by {others[0]} "
-                               f"(the same title's link in another record)")
-                notes.append(f"{r.title!r} ({r.source}) linked {aid}, the arXiv id of "
-                             f"{[t for t in titles if t != r.title][0]!r}; replaced by {others[0]}")
-                r.arxiv, r.url = others[0], f"https://arxiv.org/abs/{others[0]}"
-    return notes
-
-
-def group_records(records: list[Record]) -> list[list[Record]]:
-    """Union records that are the same paper (title key, arXiv id, SAME_PAPER)."""
-    parent = list(range(len(records)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[tuple[str, str], int] = {}
-    full_keys = {r.key for r in records}
-    for i, r in enumerate(records):
-        keys = [("title", SAME_PAPER.get(r.key, r.key))]
-        head = title_method(r.title)
-        if head:
-            # "CL-Calib: Enhancing X" and "Enhancing X" are one paper listed with and
-            # without its method name
-            tail = title_key(r.title.partition(":")[2])
-            if tail in full_keys and len(tail) >= 25:
-                keys.append(("title", tail))
-            # same method name, same year, most words shared: a typo'd duplicate
-            keys.append(("method", f"{method_key(head)}|{r.year}"))
-        if r.arxiv:
-            keys.append(("arxiv", r.arxiv))
-        for k in keys:
-            j = first.setdefault(k, i)
-            if k[0] == "method" and not _near_duplicate(records[j], r):
-                continue
-            parent[find(i)] = find(j)
-    groups: dict[int, list[Record]] = defaultdict(list)
-    for i, r in enumerate(records):
-        groups[find(i)].append(r)
-    return [sorted(g, key=lambda r: (r.source, r.index)) for g in groups.values()]
-
-
-# ---------------------------------------------------------------- merging
-def _title_quality(r: Record) -> tuple:
-    """Prefer a published venue's record, then proper capitalisation, then source order."""
-    caps = sum(1 for w in r.title.split() if w[:1].isupper())
-    return (r.key in SAME_PAPER, r.venue == PREPRINT, -caps, r.source, r.index)
-
-
-def choose_year(venue: str, year: int, arxiv: str | None, flags: list[str], fixes: list[str]) -> tuple[int, str | None]:
-    """Year and arXiv id to record. A preprint's year is its arXiv year; a published
-    paper cannot predate its arXiv id by two years or more (the listing is wrong); an
-    arXiv version posted the year after the venue is normal, and then the id is not
-    recorded (the validator requires year >= arXiv year) but noted."""
-    if not arxiv:
-        return year, None
-    ay = arxiv_year(arxiv)
-    if venue == PREPRINT:
-        if ay != year:
-            fixes.append(f"year {year} -> {ay} (arXiv id {arxiv})")
-        return ay, arxiv
-    if ay >= year + 2:
-        fixes.append(f"year {year} -> {ay} (arXiv id {arxiv})")
-        flags.append(f"listed as {venue} {year}, but its arXiv id {arxiv} dates from {ay}: venue unverified")
-        return ay, arxiv
-    if ay == year + 1:
-        flags.append(f"arXiv version {arxiv} was posted in {ay}, after the listed {venue} {year}")
-        return year, None
-    return year, arxiv
-
-
-@dataclass
-class Merged:
-    entry: dict
-    records: list[Record]
-    survey_method: str | None
-
-
-def merge_group(group: list[Record], index: dict, code_owner: dict[str, str]) -> tuple[Merged, list[str]]:
-    """One paper entry from a group of records."""
-    best = min(group, key=_title_quality)
-    flags: list[str] = []
-    fixes: list[str] = [f for r in group for f in r.fixes]
-    alt = {r.key: r.title for r in sorted(group, key=_title_quality, reverse=True) if r.key != best.key}
-    titles = sorted(alt.values())
-    for r in group:
-        if r.key in SAME_PAPER and best.key not in SAME_PAPER:
-            fixes.append(f"{r.venue} {r.year} listing under the earlier title {r.title!r} merged into the published paper")
-    published = sorted({(r.venue, r.year) for r in group if r.venue != PREPRINT and r.key not in SAME_PAPER})
-    venue, year = (best.venue, best.year)
-    if len(published) > 1:
-        flags.append("sources disagree on the venue: " + ", ".join(f"{v} {y}" for v, y in published))
-    arxivs = sorted({r.arxiv for r in group if r.arxiv})
-    # the best record's own arXiv link first; other ids are reported
-    arxiv = best.arxiv or (arxivs[0] if arxivs else None)
-    if len(arxivs) > 1:
-        flags.append(f"sources give several arXiv ids ({', '.join(arxivs)}); kept {arxiv}")
-    year, arxiv_kept = choose_year(venue, year, arxiv, flags, fixes)
-    if arxiv and arxiv_kept:
-        url = f"https://arxiv.org/abs/{arxiv}"
-    else:
-        url = best.url or next((r.url for r in group if r.url), None)
-    if not url:
-        url = KNOWN_URLS.get(best.key)
-        if url:
-            fixes.append("URL missing in every source; added a URL checked by hand")
-    codes = sorted({r.code for r in group if r.code}, key=lambda c: (c.lower(), c))
-    # one spelling per repository (case-insensitive); a sub-folder link beats its repository
-    codes = [c for c in codes if not any(o != c and o.lower().startswith(c.lower() + "/") for o in codes)]
-    codes = list({c.lower(): c for c in codes}.values())
-    kept_codes = []
-    for c in codes:
-        owner = code_owner.get(c.lower())
-        if owner and owner not in {r.key for r in group} | {SAME_PAPER.get(r.key, "") for r in group}:
-            fixes.append(f"code link {c} removed: it is the code of another listed paper")
-        else:
-            kept_codes.append(c)
-    code = next((c for c in kept_codes if c.startswith("https://github.com/")), kept_codes[0] if kept_codes else None)
-    if len([c for c in kept_codes if c.startswith("https://github.com/")]) > 1:
-        flags.append("sources give different code repositories: " + ", ".join(kept_codes))
-    if code and not code.startswith("https://github.com/"):
-        flags.append("code link is not a repository (unverified)")
-    match = survey_match(best.title, index)
-    title = best.title
-    if match:
-        subs, classified_by, method = match[1], "survey", match[0]
-        head = title_method(title)
-        # a method name only mis-capitalised in the list ("Loftq") takes the survey's spelling
-        if head and head != method and head.lower() == method.lower() \
-                and head in (head.lower(), head.upper(), head.capitalize()):
-            fixes.append(f"method name {head!r} written as the survey spells it ({method!r})")
-            title = method + title[len(head):]
-    else:
-        sub, _rule = classify_title(title)
-        subs, classified_by, method = [sub], "rule", None
-    aliases = [method] if method else ([title_method(title)] if title_method(title) else [])
-    keywords = sorted({k for r in group for k in r.keywords})
-    entry = {
-        "title": title, "year": year, "venue": venue, "url": url,
-        "arxiv": arxiv_kept, "code": code, "subcategories": subs,
-        "classified_by": classified_by, "tags": tags_for(title, keywords),
-        "aliases": aliases, "sources": sorted({r.source for r in group}),
-        "flags": sorted(set(flags)),
-        "notes": ("Also listed as: " + "; ".join(titles)) if titles else None,
-    }
-    if not url:
-        entry["flags"] = sorted(set(flags) | {"url missing in every source"})
-    return Merged(entry=entry, records=group, survey_method=method if match else None), fixes
-
-
-# ---------------------------------------------------------------- ids and existing entries
 STOP = {"a", "an", "the", "of", "for", "and", "in", "on", "to", "with", "via", "by", "towards", "toward",
         "is", "are", "at", "from", "into", "using", "through", "your", "you", "we", "can", "be"}
 
@@ -478,205 +178,337 @@ def load_existing(root: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def merge_into_curated(cur: dict, new: dict) -> dict:
-    """A curated entry keeps every field; it gains sources and missing optional fields."""
-    out = dict(cur)
-    out["sources"] = sorted(set(cur.get("sources", [])) | set(new.get("sources", [])))
-    for name in ("arxiv", "code", "tags", "aliases"):
-        if not out.get(name) and new.get(name):
-            out[name] = new[name]
+ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}\Z")
+
+
+def arxiv_of(value: object, url: object = None) -> str | None:
+    """A bare new-style arXiv id (no version) from an `arxiv` field or, failing that, a URL."""
+    if isinstance(value, str) and ARXIV_ID.match(re.sub(r"v\d+$", "", value.strip())):
+        return re.sub(r"v\d+$", "", value.strip())
+    return arxiv_from_url(url) if isinstance(url, str) else None
+
+
+# ---------------------------------------------------------------- reading the lists
+def _opt_str(rec: dict, name: str, where: str) -> str | None:
+    value = rec.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ImportError_(f"{where}: field '{name}' must be a string or null")
+    return value.strip() or None
+
+
+def _year(rec: dict, where: str) -> int | None:
+    """`year` (new lists) or `venue_year`/`list_year` (older lists); None when absent."""
+    for name in ("year", "venue_year", "list_year"):
+        value = rec.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1950 <= value <= 2100:
+            raise ImportError_(f"{where}: field '{name}' must be a year (integer)")
+        return value
+    return None
+
+
+def record_from(rec: object, source: str, where: str) -> Record:
+    """One raw list record -> Record; a record of the wrong shape is a one-line error."""
+    if not isinstance(rec, dict):
+        raise ImportError_(f"{where}: must be an object")
+    title = _opt_str(rec, "title", where)
+    if not title:
+        raise ImportError_(f"{where}: field 'title' must be a non-empty string")
+    url = _opt_str(rec, "url", where)
+    if url:
+        url = re.sub(r"^https?://browse\.arxiv\.org/", "https://arxiv.org/", unwrap_redirect(url))
+    code = _opt_str(rec, "code", where)
+    place = {k: rec[k] for k in ("source", "commit", "file", "line", "section")
+             if isinstance(rec.get(k), (str, int)) and not isinstance(rec.get(k), bool)}
+    return Record(source=source, title=clean_title(title), url=url,
+                  arxiv=arxiv_of(rec.get("arxiv"), url), code=normalise_code(code) if code else None,
+                  venue=_opt_str(rec, "venue", where) or "", year=_year(rec, where), where=place)
+
+
+def read_list(path: Path) -> list[Record]:
+    """A list file -> its records; raise ImportError_ with a one-line reason."""
+    try:
+        if path.stat().st_size > MAX_SOURCE_BYTES:
+            raise ImportError_(f"{path}: larger than {MAX_SOURCE_BYTES} bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ImportError_(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImportError_(f"{path}: not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise ImportError_(f"{path}: top level must be a JSON list of records")
+    return [record_from(rec, path.stem, f"{path}: record {i}") for i, rec in enumerate(data)]
+
+
+# ---------------------------------------------------------------- grouping and matching
+def paper_keys(title: object, arxiv: object = None, url: object = None) -> set[tuple[str, str]]:
+    """The keys under which two listings count as one paper: arXiv id and normalised title."""
+    keys = set()
+    aid = arxiv_of(arxiv, url)
+    if aid:
+        keys.add(("arxiv", aid))
+    if isinstance(title, str) and title_key(title):
+        keys.add(("title", title_key(title)))
+    return keys
+
+
+def group_records(records: list[Record]) -> list[list[Record]]:
+    """Union the records that share an arXiv id or a normalised title (within and between lists)."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(records):
+        for k in sorted(paper_keys(r.title, r.arxiv)):
+            parent[find(i)] = find(first.setdefault(k, i))
+    groups: dict[int, list[Record]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[find(i)].append(r)
+    return list(groups.values())
+
+
+@dataclass
+class Known:
+    """What the knowledge base already holds: paper keys, ids in use, and removed ids."""
+    keys: set[tuple[str, str]]
+    ids: set[str]
+    removed_ids: set[str]
+
+    def has(self, group: list[Record]) -> bool:
+        """Whether a group of records is a paper already filed or removed: same arXiv id or
+        normalised title, or (for removed papers) the id its title would be given."""
+        return any(paper_keys(r.title, r.arxiv) & self.keys or preferred_id(r) in self.removed_ids for r in group)
+
+
+def preferred_id(r: Record) -> str:
+    """The id a record's title would get with nothing taken."""
+    return id_candidates(r.title, r.year or 0)[0]
+
+
+def known(papers: Path) -> Known:
+    """Keys of every paper in papers/ and papers/removed.yaml; ids stay taken in both."""
+    out = Known(set(), set(), set())
+    for _, data in load_existing(papers):
+        out.ids.add(data["id"])
+        out.keys |= paper_keys(data["title"], data.get("arxiv"), data.get("url"))
+        for alt in re.findall(r"Also listed as: (.*)", str(data.get("notes") or "")):
+            out.keys |= {k for t in alt.split("; ") for k in paper_keys(t)}
+    for item in read_removed(papers):
+        out.removed_ids.add(str(item.get("id")))
+        out.keys |= paper_keys(item.get("title"), None, item.get("url"))
+    out.ids |= out.removed_ids
     return out
 
 
-# ---------------------------------------------------------------- the import
+def read_removed(papers: Path) -> list[dict]:
+    """papers/removed.yaml as a list of mappings ([] when absent)."""
+    path = papers / REMOVED
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ImportError_(f"{path}: cannot read ({type(exc).__name__}); run `site_gen check`") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ImportError_(f"{path}: must be a list of {{id, title, url, reason}}; run `site_gen check`")
+    return data
+
+
+# ---------------------------------------------------------------- the queue
+def _listing_order(r: Record) -> tuple:
+    """Records with an arXiv id first, then by list and line, so the choice is stable."""
+    line = r.where.get("line")
+    return r.arxiv is None, r.source, line if isinstance(line, int) else 0
+
+
+def _best(group: list[Record]) -> Record:
+    """The record whose title and link represent the paper."""
+    return min(group, key=_listing_order)
+
+
+def candidate(group: list[Record], taken: set[str], index: dict) -> dict:
+    """One queue item: what the lists say about a paper, for a reader to file or skip."""
+    best = _best(group)
+    arxiv = best.arxiv or next((r.arxiv for r in group if r.arxiv), None)
+    years = sorted({r.year for r in group if r.year})
+    match = survey_match(best.title, index)
+    cid = unique_id(best.title, years[0] if years else 0, taken, match[0] if match else None)
+    taken.add(cid)
+    item = {
+        "key": arxiv or best.key, "suggested_id": cid, "title": best.title,
+        "url": best.url or (f"https://arxiv.org/abs/{arxiv}" if arxiv else None), "arxiv": arxiv,
+        "code": sorted({r.code for r in group if r.code}) or None,
+        "listed_as": sorted({f"{r.venue} ({r.year})" if r.year else r.venue for r in group}),
+        "other_titles": sorted({r.title for r in group} - {best.title}) or None,
+        "sources": sorted({r.source for r in group}),
+        "where": sorted((_where(r) for r in group)),
+    }
+    if match:   # the survey's figure, not a keyword: still for the reader to confirm
+        item["survey_files_it"] = {"method": match[0], "subcategories": match[1]}
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _where(r: Record) -> str:
+    """'owner/repo@commit README.md:19 (section)' for a new-style record, else the list name."""
+    w = r.where
+    if "commit" not in w:
+        return r.source
+    place = f"{w.get('source', r.source)}@{str(w['commit'])[:12]} {w.get('file', '?')}:{w.get('line', '?')}"
+    return place + (f" ({w['section']})" if w.get("section") else "")
+
+
 @dataclass
-class Result:
-    entries: list[dict]
-    stale: list[Path]
+class Queue:
+    items: list[dict]
     stats: dict
 
 
-def run_import(sources: list[Path], papers: Path, taxonomy: dict) -> Result:
-    """Everything but the writing: the full set of entries and the files to remove."""
-    aliases = taxonomy.get("venue_aliases") or {}
-    venues = set(taxonomy.get("venues") or [])
-    index = survey_index(taxonomy)
-    records: list[Record] = []
-    raw_counts = {}
-    for path in sources:
-        name = path.stem
-        data = read_source(path)
-        raw_counts[name] = len(data)
-        records += [clean_record(rec, name, i, aliases) for i, rec in enumerate(data)]
-    if venues:
-        unknown = sorted({r.venue for r in records} - venues)
-        if unknown:
-            raise ImportError_(f"venues missing from taxonomy.yaml `venues:`/`venue_aliases:`: {unknown}")
-    conflict_notes = resolve_arxiv_conflicts(records)
+def build_queue(sources: list[Path], papers: Path, taxonomy: dict) -> Queue:
+    """Candidates from the lists that are neither in papers/ nor in papers/removed.yaml."""
+    records = [r for path in sources for r in read_list(path)]
     groups = group_records(records)
-    code_owner = dict(CODE_OWNERS)
-    by_code: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        if r.code:
-            by_code[r.code.lower()].add(SAME_PAPER.get(r.key, r.key))
-    method_of = {SAME_PAPER.get(r.key, r.key): method_key(title_method(r.title) or "") for r in records}
-    for code, keys in by_code.items():
-        repo = code.rsplit("/", 1)[-1]
-        owners = [k for k in keys if method_of.get(k) and method_of[k] == method_key(repo)]
-        if len(keys) > 1 and len(owners) == 1 and code not in code_owner:
-            code_owner[code] = owners[0]
-    merged, all_fixes = [], []
-    for g in groups:
-        m, fixes = merge_group(g, index, code_owner)
-        merged.append(m)
-        all_fixes.append((m.entry["title"], fixes))
-    shared_code: dict[str, list[str]] = defaultdict(list)
-    for m in merged:
-        if m.entry["code"]:
-            shared_code[m.entry["code"].lower()].append(m.entry["title"])
-    for m in merged:
-        others = [t for t in shared_code.get((m.entry["code"] or "").lower(), []) if t != m.entry["title"]]
-        if others:
-            m.entry["flags"] = sorted(set(m.entry["flags"]) | {f"code link shared with another listed paper: {others[0]!r}"})
-    # match existing files
-    existing = load_existing(papers)
-    by_key: dict[tuple[str, str], tuple[Path, dict]] = {}
-    # curated entries first, so that a paper also imported earlier merges into the curated one
-    existing.sort(key=lambda pd: (pd[1].get("classified_by") != "curated", str(pd[0])))
-    for path, data in existing:
-        by_key.setdefault(("title", title_key(data["title"])), (path, data))
-        if data.get("arxiv"):
-            by_key.setdefault(("arxiv", re.sub(r"v\d+$", "", str(data["arxiv"]))), (path, data))
-        for alt in re.findall(r"Also listed as: (.*)", data.get("notes") or ""):
-            for t in alt.split("; "):
-                by_key.setdefault(("title", title_key(t)), (path, data))
-    taken = {data["id"] for _, data in existing}
-    used_existing: set[str] = set()
-    out: dict[str, dict] = {data["id"]: data for _, data in existing}
-    order = sorted(merged, key=lambda m: (m.entry["year"], title_key(m.entry["title"])))
-    for m in order:
-        keys = [("title", r.key) for r in m.records] + [("arxiv", r.arxiv) for r in m.records if r.arxiv]
-        hit = next((by_key[k] for k in keys if k in by_key and by_key[k][1]["id"] not in used_existing), None)
-        if hit:
-            _, cur = hit
-            used_existing.add(cur["id"])
-            if cur.get("classified_by") == "curated":
-                out[cur["id"]] = merge_into_curated(cur, m.entry)
-            else:
-                out[cur["id"]] = {"id": cur["id"], **m.entry}
-        else:
-            new_id = unique_id(m.entry["title"], m.entry["year"], taken, m.survey_method)
-            taken.add(new_id)
-            out[new_id] = {"id": new_id, **m.entry}
-    # an earlier import of a paper that has since been curated by hand is superseded
-    curated_keys = {k for k, (_, d) in by_key.items() if d.get("classified_by") == "curated"}
-    for _, data in existing:
-        if data.get("classified_by") != "curated" and data["id"] not in used_existing and (
-                ("title", title_key(data["title"])) in curated_keys
-                or ("arxiv", re.sub(r"v\d+$", "", str(data.get("arxiv", "")))) in curated_keys):
-            del out[data["id"]]
-    entries = [out[k] for k in sorted(out)]
-    wanted = {paper_path(e, papers).resolve() for e in entries}
-    stale = sorted(p for p, _ in existing if p.resolve() not in wanted)
-    within = sum(len(g) - len({r.source for r in g}) for g in groups)
-    across = sum(1 for g in groups if len({r.source for r in g}) > 1)
-    stats = {
-        "raw": raw_counts, "records": len(records), "groups": len(groups),
-        "within_dups": within, "across_groups": across,
-        "dup_examples": [sorted({f"{r.title} [{r.source}]" for r in g}) for g in groups if len(g) > 1],
-        "conflicts": conflict_notes, "fixes": all_fixes,
-    }
-    return Result(entries=entries, stale=stale, stats=stats)
+    kb = known(papers)
+    taken = set(kb.ids)
+    index = survey_index(taxonomy)
+    fresh = [g for g in groups if not kb.has(g)]
+    fresh.sort(key=lambda g: (_best(g).key, _best(g).source))
+    items = [candidate(g, taken, index) for g in fresh]
+    stats = {"records": len(records), "papers": len(groups), "known": len(groups) - len(fresh),
+             "new": len(items), "per_source": {p.stem: sum(1 for r in records if r.source == p.stem) for p in sources}}
+    return Queue(items=items, stats=stats)
 
 
-def write_entries(result: Result, papers: Path) -> tuple[int, int]:
-    """Write changed entries, remove stale copies; returns (written, removed)."""
-    written = 0
-    for entry in result.entries:
-        path = paper_path(entry, papers)
-        text = dump_paper(entry)
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            written += 1
-    for path in result.stale:
-        path.unlink()
-    return written, len(result.stale)
+def render_queue(queue: Queue) -> str:
+    """The queue file's text: a header that says how to decide, then the candidates."""
+    st = queue.stats
+    head = [
+        "# Reviewer queue written by `python -m site_gen import-awesome FILE... --queue`; regenerate, do not edit.",
+        f"# {st['records']} list records = {st['papers']} papers; {st['known']} already in papers/ or removed.yaml;",
+        f"# {st['new']} new candidates below. Read each paper, then decide in a decisions file (a YAML list):",
+        "#   - {key: <key>, entry: {id, title, authors, year, venue, url, arxiv, code, subcategories,",
+        "#                         contribution, why, tags, aliases}}     # file it (CONTRIBUTING.md)",
+        "#   - {key: <key>, skip: <one-line reason>}                      # not about quantizing NNs",
+        "# and apply it with `python -m site_gen import-awesome FILE... --decisions <file>`.",
+    ]
+    body = yaml.safe_dump(queue.items, sort_keys=False, allow_unicode=True, width=100) if queue.items else "[]\n"
+    return "\n".join(head) + "\n" + body
 
 
-FIX_KINDS = (
-    ("title cleaned", "titles with soft hyphens, odd dashes, LaTeX/BibTeX debris or typos"),
-    ("google.com redirect", "search-engine redirect URLs"),
-    ("URL missing", "records with no URL"),
-    ("arXiv link", "arXiv links pointing at another listed paper"),
-    ("year ", "years contradicted by the arXiv id"),
-    ("venue ", "venues given as 'paper'"),
-    ("code link", "code links belonging to another listed paper"),
-    ("listing under the earlier title", "one paper listed under its preprint and published titles"),
-    ("method name", "method names mis-capitalised (survey spelling restored)"),
-)
+# ---------------------------------------------------------------- decisions
+DECISION_KEYS = {"key", "entry", "skip"}
 
 
-def render_stats(result: Result, taxonomy: dict) -> str:
-    """Markdown report of an import: counts, duplicates, defects and what was done."""
-    es, st = result.entries, result.stats
-    lines = ["# Import statistics", "",
-             "Generated by `python -m site_gen import-awesome --stats FILE`; numbers cover all entries in papers/ "
-             "after the import (imported and curated).", "",
-             f"- source records: {st['records']} ({', '.join(f'{k}: {v}' for k, v in sorted(st['raw'].items()))})",
-             f"- unique papers from the lists: {st['groups']} (duplicate records removed: {st['records'] - st['groups']})",
-             f"- entries in papers/: {len(es)}", "", "## Per sub-category", "", "| id | name | papers |", "|---|---|---|"]
-    per_sub = Counter(s for e in es for s in e["subcategories"])
-    for cat in taxonomy["categories"]:
-        for sub in cat["subcategories"]:
-            lines.append(f"| {sub['id']} | {sub['name']} | {per_sub.get(sub['id'], 0)} |")
-    only_other = sum(1 for e in es if e["subcategories"] == ["3.8"])
-    lines += ["", f"Entries only in 3.8 Others: {only_other} ({100 * only_other / max(1, len(es)):.1f}%, cap 25%).", "",
-              "## Per classified_by", ""]
-    lines += [f"- {k}: {v}" for k, v in sorted(Counter(e["classified_by"] for e in es).items())]
-    lines += ["", "## Per source (an entry may have several)", ""]
-    lines += [f"- {k}: {v}" for k, v in sorted(Counter(s for e in es for s in e.get("sources", [])).items())]
-    lines += ["", "## Duplicates removed", "",
-              f"- within one list: {st['within_dups']} extra records",
-              f"- across lists: {st['across_groups']} papers listed in both", "", "Examples (all titles of one paper):", ""]
-    for ex in sorted(st["dup_examples"], key=lambda g: (-len(set(t.rsplit(' [', 1)[0] for t in g)), g))[:12]:
-        lines.append("- " + " / ".join(ex))
-    lines += ["", "## Defects found in the source lists and what was done", ""]
-    all_fixes = [(t, f) for t, fs in st["fixes"] for f in fs]
-    for prefix, label in FIX_KINDS:
-        hits = [(t, f) for t, f in all_fixes if prefix in f]
-        if hits:
-            lines.append(f"- **{label}** ({len(hits)}), fixed; e.g. " +
-                         "; ".join(f"{t!r}: {f}" for t, f in sorted(hits)[:3]))
-    aliases = taxonomy.get("venue_aliases") or {}
-    lines.append(f"- **venue spellings** normalised through taxonomy.yaml `venue_aliases` ({len(aliases)} aliases, "
-                 "e.g. CoRR -> arXiv, MM -> ACM MM, NN -> Neural Networks)")
-    flags = Counter()
-    examples: dict[str, str] = {}
-    for e in es:
-        for f in e.get("flags", []):
-            kind = re.split(r"[:(]|\d", f)[0].strip()
-            flags[kind] += 1
-            examples.setdefault(kind, f"{e['id']}: {f}")
-    lines += ["", "Unresolved (recorded in the entries' `flags`):", ""]
-    lines += [f"- {k} ({n}); e.g. {examples[k]}" for k, n in sorted(flags.items())]
-    return "\n".join(lines) + "\n"
+def read_decisions(path: Path) -> list[dict]:
+    """The decisions file: a list of {key, entry} or {key, skip}; shape errors are one line."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ImportError_(f"{path}: cannot read decisions ({type(exc).__name__})") from None
+    if not isinstance(data, list):
+        raise ImportError_(f"{path}: must be a YAML list of decisions")
+    for i, d in enumerate(data):
+        where = f"{path}: decision {i + 1}"
+        if not isinstance(d, dict) or not isinstance(d.get("key"), str) or set(d) - DECISION_KEYS:
+            raise ImportError_(f"{where}: must be a mapping with `key` and either `entry` or `skip`")
+        if ("entry" in d) == ("skip" in d):
+            raise ImportError_(f"{where} ({d['key']}): give exactly one of `entry` (the filing) or `skip` (a reason)")
+        if "skip" in d and (not isinstance(d["skip"], str) or not d["skip"].strip()):
+            raise ImportError_(f"{where} ({d['key']}): `skip` must be a one-line reason")
+        if "entry" in d and not isinstance(d["entry"], dict):
+            raise ImportError_(f"{where} ({d['key']}): `entry` must be a mapping of paper fields")
+    return data
 
 
+def filed_entry(decision: dict, item: dict) -> dict:
+    """The paper entry a filing decision writes: the reader's fields, the lists as sources."""
+    entry = dict(decision["entry"])
+    entry.setdefault("classified_by", "curated")
+    entry["sources"] = sorted(set(entry.get("sources") or []) | set(item["sources"]))
+    return entry
+
+
+def removed_item(decision: dict, item: dict) -> dict:
+    """The papers/removed.yaml line a skip adds."""
+    return {"id": item["suggested_id"], "title": item["title"],
+            "url": item.get("url") or f"https://arxiv.org/abs/{item['arxiv']}", "reason": decision["skip"].strip()}
+
+
+@dataclass
+class Applied:
+    entries: list[tuple[Path, str]]     # (path, text) to write
+    removed: list[dict]                 # items to append to papers/removed.yaml
+    ignored: list[str]                  # keys no longer queued (already decided)
+
+
+def apply_decisions(decisions: list[dict], queue: Queue, papers: Path, root: Path) -> Applied:
+    """Check every decision against the queue and the validator; nothing is written here."""
+    by_key = {item["key"]: item for item in queue.items}
+    out = Applied([], [], [])
+    problems = []
+    seen: set[str] = set()
+    for d in decisions:
+        item = by_key.get(d["key"])
+        if item is None or d["key"] in seen:
+            out.ignored.append(d["key"])
+            continue
+        seen.add(d["key"])
+        if "skip" in d:
+            out.removed.append(removed_item(d, item))
+            continue
+        entry = filed_entry(d, item)
+        try:
+            text = dump_paper(entry)
+            path = paper_path(entry, papers)
+        except (ValueError, KeyError) as exc:
+            problems.append(f"{d['key']}: {exc}")
+            continue
+        errors = [p for p in check.validate_text(text, path, root=root, papers_root=papers) if p.severity == check.ERROR]
+        problems += [f"{d['key']}: {p}" for p in errors]
+        out.entries.append((path, text))
+    paths = [str(p) for p, _ in out.entries]
+    problems += [f"two decisions write {p}" for p in sorted({p for p in paths if paths.count(p) > 1})]
+    if problems:
+        raise ImportError_("decisions not applied, nothing written:\n  " + "\n  ".join(problems))
+    return out
+
+
+def write_applied(applied: Applied, papers: Path) -> None:
+    """Write the filed entries and append the skips to papers/removed.yaml."""
+    for path, text in applied.entries:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if applied.removed:
+        items = read_removed(papers) + applied.removed
+        text = yaml.safe_dump(items, sort_keys=False, allow_unicode=True, width=100)
+        (papers / REMOVED).write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m site_gen import-awesome",
-                                description="Merge awesome-list JSON files into papers/ (idempotent).")
-    p.add_argument("files", nargs="+", type=Path, help="awesome-list JSON files; the file stem names the source")
+                                description="Queue the papers of awesome lists for reading, or apply a reader's decisions. "
+                                            "Nothing is filed by keyword.")
+    p.add_argument("files", nargs="+", type=Path, help="list JSON files; the file stem names the source")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--queue", type=Path, help="write the candidates not yet in papers/ or removed.yaml here")
+    mode.add_argument("--decisions", type=Path, help="apply this decisions file (entries and skips)")
     p.add_argument("--papers", type=Path, default=ROOT / "papers", help="papers folder (default: %(default)s)")
     p.add_argument("--taxonomy", type=Path, default=ROOT / "taxonomy.yaml", help="taxonomy file")
-    p.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
-    p.add_argument("--stats", type=Path, help="also write a Markdown report of counts and defects to this file")
     return p
 
 
 def main(argv: list[str]) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    root = args.taxonomy.parent
     try:
         try:
             taxonomy = yaml.safe_load(args.taxonomy.read_text(encoding="utf-8"))
@@ -684,25 +516,22 @@ def main(argv: list[str]) -> int:
             raise ImportError_(f"{args.taxonomy}: cannot read taxonomy ({type(exc).__name__})") from None
         if not isinstance(taxonomy, dict) or not isinstance(taxonomy.get("categories"), list):
             raise ImportError_(f"{args.taxonomy}: no `categories:` list")
-        result = run_import(args.files, args.papers, taxonomy)
-        for e in result.entries:   # fail before writing anything (no partial output)
-            dump_paper(e)
-            if not e.get("url"):
-                raise ImportError_(f"{e['title']!r}: no URL in any source and none known; add one to KNOWN_URLS")
+        queue = build_queue(args.files, args.papers, taxonomy)
+        if args.queue:
+            args.queue.parent.mkdir(parents=True, exist_ok=True)
+            args.queue.write_text(render_queue(queue), encoding="utf-8")
+            st = queue.stats
+            print(f"{st['records']} records -> {st['papers']} papers; {st['known']} already known; "
+                  f"{st['new']} new candidates written to {args.queue}")
+            return 0
+        applied = apply_decisions(read_decisions(args.decisions), queue, args.papers, root)
+        write_applied(applied, args.papers)
     except ImportError_ as exc:
         print(f"import-awesome: {exc}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        print(f"{len(result.entries)} entries, {len(result.stale)} stale files (dry run, nothing written)")
-        return 0
-    written, removed = write_entries(result, args.papers)
-    if args.stats:
-        try:
-            args.stats.parent.mkdir(parents=True, exist_ok=True)
-            args.stats.write_text(render_stats(result, taxonomy), encoding="utf-8")
-        except OSError as exc:
-            print(f"import-awesome: {args.stats}: cannot write stats ({exc.strerror or exc})", file=sys.stderr)
-            return 1
-    print(f"{len(result.entries)} entries; {written} written, {removed} removed, "
-          f"{result.stats['records']} records -> {result.stats['groups']} papers")
+    except OSError as exc:
+        print(f"import-awesome: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 1
+    print(f"{len(applied.entries)} filed, {len(applied.removed)} skipped into {REMOVED}, "
+          f"{len(applied.ignored)} already decided")
     return 0

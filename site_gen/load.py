@@ -18,7 +18,7 @@ PAPERS = ROOT / "papers"
 # hand-written files diff cleanly.
 FIELD_ORDER = (
     "id", "title", "authors", "year", "venue", "url", "arxiv", "code",
-    "subcategories", "classified_by", "tags", "aliases", "refimpl", "sources", "flags", "notes",
+    "subcategories", "contribution", "why", "classified_by", "tags", "aliases", "refimpl", "sources", "flags", "notes",
 )
 
 
@@ -54,7 +54,10 @@ def dump_paper(entry: dict) -> str:
     unknown = set(entry) - set(FIELD_ORDER)
     if unknown:
         raise ValueError(f"unknown paper fields: {sorted(unknown)}")
-    ordered = {k: entry[k] for k in FIELD_ORDER if k in entry and entry[k] not in (None, [], "")}
+    # Empty values are dropped, except `subcategories`: a required field that a survey,
+    # benchmark, hardware or analysis entry may leave empty.
+    ordered = {k: entry[k] for k in FIELD_ORDER
+               if k in entry and (entry[k] not in (None, [], "") or (k == "subcategories" and entry[k] == []))}
     return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False)
 
 

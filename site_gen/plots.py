@@ -31,7 +31,8 @@ def chart(title: str, xlabel: str, ylabel: str, series: list[dict], *, logy: boo
           hlines: list[dict] | None = None, xticks: list[float] | None = None,
           size: tuple[float, float] = (6.4, 3.0)) -> dict:
     """A chart spec. Each series: {"label", "x", "y", "color" (palette index), "line"
-    ("-", "--", ":" or "" for markers only), "marker"}; hlines: {"label", "y"} reference lines."""
+    ("-", "--", ":" or "" for markers only), "marker", optional "lo"/"hi" (95% interval per point,
+    drawn as error bars; None where a point has none)}; hlines: {"label", "y"} reference lines."""
     return {"title": title, "xlabel": xlabel, "ylabel": ylabel, "series": series, "logy": logy,
             "hlines": hlines or [], "xticks": xticks, "size": list(size)}
 
@@ -77,6 +78,12 @@ def _render(spec: dict) -> str:
             color = GREY if i < 0 else PALETTE[i % (len(PALETTE) - 1)]
             ax.plot(s["x"], s["y"], color=color, linestyle=s.get("line", "-") or "none",
                     marker=marker or "none", markersize=4.5, linewidth=1.4, label=s["label"])
+            bars = [(x, y, lo, hi) for x, y, lo, hi in zip(s["x"], s["y"], s.get("lo") or [], s.get("hi") or [])
+                    if lo is not None and hi is not None]
+            if bars:
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[max(b[1] - b[2], 0) for b in bars], [max(b[3] - b[1], 0) for b in bars]],
+                            fmt="none", ecolor=color, elinewidth=1.0, capsize=2.5)
         if spec["logy"]:
             ax.set_yscale("log")
         if spec["xticks"]:

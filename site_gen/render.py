@@ -114,14 +114,35 @@ def tags_cell(paper: dict) -> str:
     return ", ".join(md_text(t) for t in paper.get("tags") or []) or "—"
 
 
+# Who filed a paper, as a reader sees it (classified_by -> label).
+FILED_BY = {"survey": "survey figure", "curated": "read and filed", "rule": "not yet read"}
+
+
+def filed_label(paper: dict) -> str:
+    """'survey figure' / 'read and filed' / 'not yet read' (an unknown value is shown as it is)."""
+    value = str(paper.get("classified_by", ""))
+    return FILED_BY.get(value, value)
+
+
+def filing_cell(paper: dict, escape=None) -> str:
+    """Who filed the paper, expandable to its one-line `why` (<details>); `escape` is the helper
+    for where the cell lands (md_text in Markdown tables, html_text in raw HTML)."""
+    escape = escape or md_text
+    label = escape(filed_label(paper))
+    why = paper.get("why")
+    if not isinstance(why, str) or not why.strip():
+        return label
+    return f"<details><summary>{label}</summary>{escape(why)}</details>"
+
+
 def paper_table(papers: list[dict]) -> str:
-    """Year | Venue | Title | Code | Tags, newest first; a one-line note when there are none."""
+    """Year | Venue | Title | Code | Tags | Filed (with why), newest first; a note when there are none."""
     if not papers:
         return "_No papers are filed here yet._\n"
-    rows = ["| Year | Venue | Title | Code | Tags |", "|---|---|---|---|---|"]
+    rows = ["| Year | Venue | Title | Code | Tags | Filed |", "|---|---|---|---|---|---|"]
     for p in by_year_then_title(papers):
         rows.append(f"| {p['year']} | {md_text(p['venue'])} | {paper_title_cell(p)} "
-                    f"| {code_cell(p)} | {tags_cell(p)} |")
+                    f"| {code_cell(p)} | {tags_cell(p)} | {filing_cell(p)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -213,7 +234,8 @@ def _papers_row(p: dict, sub_links: dict[str, tuple[str, str]], refimpls: list[s
     tags = p.get("tags") or []
     attrs = [("id", p["id"]), ("year", p["year"]), ("venue", p["venue"]), ("subs", "|".join(subs)),
              ("tags", "|".join(tags)), ("code", "1" if safe_url(p.get("code")) else "0"),
-             ("refimpl", "|".join(refimpls))]
+             ("refimpl", "|".join(refimpls)), ("kind", p.get("contribution") or "method"),
+             ("filed", p.get("classified_by", ""))]
     if p.get("authors"):
         attrs.append(("authors", "; ".join(map(str, p["authors"]))))
     url = safe_url(p.get("url"))
@@ -228,7 +250,8 @@ def _papers_row(p: dict, sub_links: dict[str, tuple[str, str]], refimpls: list[s
     cells = [html_text(p["year"]), title, html_text(p["venue"]), sections,
              ", ".join(html_text(t) for t in tags) or "—",
              f'<a href="{html_attr(code)}">code</a>' if code else "—",
-             ", ".join(f"<code>{html_text(t)}</code>" for t in refimpls) or "—"]
+             ", ".join(f"<code>{html_text(t)}</code>" for t in refimpls) or "—",
+             filing_cell(p, html_text)]
     data = " ".join(f'data-{name}="{html_attr(value)}"' for name, value in attrs)
     return f"<tr {data}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -256,15 +279,28 @@ def all_papers_page(papers: list[dict], sub_links: dict[str, tuple[str, str]],
               f"{count_label(len(papers))}</p>",
               '<table id="papers-table">',
               "<thead><tr><th>Year</th><th>Title</th><th>Venue</th><th>Sections</th><th>Tags</th>"
-              "<th>Code</th><th>Ref. impl.</th></tr></thead>",
+              "<th>Code</th><th>Ref. impl.</th><th>Filed</th></tr></thead>",
               "<tbody>"]
     lines += [_papers_row(p, sub_links, refimpls.get(p["id"], [])) for p in by_year_then_title(papers)]
     lines += ["</tbody>", "</table>", ""]
     return "\n".join(lines)
 
 
-def readme_list(taxonomy: dict, papers_by_sub: dict[str, list[dict]], total: int) -> str:
-    """The Awesome list part of README.md: contents, then one section per (sub-)category."""
+def readme_line(p: dict) -> str:
+    """One README list item: linked title, venue and year, code, then who filed it and why."""
+    line = f"- {md_link(p['title'], p.get('url'))} — {md_text(p['venue'])} {p['year']}"
+    code = safe_url(p.get("code"))
+    if code:
+        line += f" · [code]({code})"
+    why = p.get("why")
+    line += f" · _{md_text(filed_label(p))}_"
+    return line + (f": {md_text(why)}" if isinstance(why, str) and why.strip() else "")
+
+
+def readme_list(taxonomy: dict, papers_by_sub: dict[str, list[dict]], total: int,
+                kinds: list[tuple[str, str, list[dict]]] = ()) -> str:
+    """The Awesome list part of README.md: contents, one section per (sub-)category for the
+    methods, then one section per other contribution kind (`kinds`: (kind, heading, papers))."""
     head = ["## Contents", ""]
     body = []
     for cat in taxonomy["categories"]:
@@ -277,16 +313,17 @@ def readme_list(taxonomy: dict, papers_by_sub: dict[str, list[dict]], total: int
             head.append(f"  - [{md_text(sub_heading)}](#{github_anchor(sub_heading)}) "
                         f"({len(papers)})")
             body += [f"### {md_text(sub_heading)}", "", f"_{count_label(len(papers))}._", ""]
-            for p in by_year_then_title(papers):
-                line = f"- {md_link(p['title'], p.get('url'))} — {md_text(p['venue'])} {p['year']}"
-                code = safe_url(p.get("code"))
-                if code:
-                    line += f" · [code]({code})"
-                body.append(line)
+            body += [readme_line(p) for p in by_year_then_title(papers)]
             body.append("")
+    for _, heading, papers in kinds:
+        head.append(f"- [{md_text(heading)}](#{github_anchor(heading)}) ({len(papers)})")
+        body += [f"## {md_text(heading)}", "", f"_{count_label(len(papers))}._", ""]
+        body += [readme_line(p) for p in by_year_then_title(papers)] + [""]
     n_subs = sum(len(c["subcategories"]) for c in taxonomy["categories"])
-    head[1:1] = ["", f"**{count_label(total)}** in {n_subs} sub-categories (a paper filed under "
-                 "several sub-categories appears in each)."]
+    n_other = sum(len(papers) for _, _, papers in kinds)
+    head[1:1] = ["", f"**{count_label(total)}**: {count_label(total - n_other)} proposing methods, filed in "
+                 f"{n_subs} sub-categories (a paper filed under several appears in each), then "
+                 f"{count_label(n_other)} of other kinds (surveys, benchmarks, hardware, analyses)."]
     return "\n".join(head + [""] + body)
 
 

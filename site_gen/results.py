@@ -1,6 +1,6 @@
 """Measured results on the site: reading results/, provenance flags, tables, charts, leaderboards.
 
-Records are read from `results/<task>/<technique>/<setting>.json` (written by `site_gen bench`;
+Records are read from `results/<task>/<technique>/<setting>.json` (written by `refimpl bench`;
 files starting with "_" are bookkeeping, not records). Nothing here runs a model.
 
 Provenance is never mixed silently. The reference is the newest record (by its date). A record
@@ -26,6 +26,11 @@ CONFIG_KEYS = ("bits", "group_size", "sym", "act_bits")
 # metrics shown beside the primary one, per task; other tasks show their primary metric only
 KEY_METRICS = {"minilm-layers": ("output_rel_err", "cosine"), "smollm2-ppl": ()}
 PLOTS = "generated/plots"
+INTERVAL_NOTE = ("Values are means over the cell's seeds; ± is the larger half of the 95% interval over seeds "
+                 "and test examples. \"vs rtn\" is the difference with RTN at the same setting and its paired "
+                 "95% interval (bootstrap over the same test examples, and over seeds where there are 3 or "
+                 "more): **better**/**worse** only when the interval excludes zero; records without "
+                 "per-example data or seeds have no interval.")
 
 
 def _build_error(message: str) -> Exception:
@@ -40,6 +45,36 @@ def fmt(value) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return md_text(value)
     return f"{value:.4g}"
+
+
+def fmt_ci(rec: dict, metric: str) -> str:
+    """The value with the half-width of its 95% interval (the larger side), e.g. `0.9815 ±0.011`;
+    the bare value when the record has no interval (one seed and no per-example data)."""
+    value = rec["metrics"].get(metric)
+    ci = (rec.get("intervals") or {}).get(metric) or {}
+    if "lo" not in ci or not isinstance(value, (int, float)):
+        return fmt(value)
+    half = max(value - ci["lo"], ci["hi"] - value, 0.0)
+    return f"{fmt(value)} ±{half:.2g}"
+
+
+def versus(a: dict, b: dict, metric: str, higher: bool):
+    """Paired comparison of two cells (refimpl.bench.stats.compare), or None if it cannot be made."""
+    from refimpl.bench.stats import compare
+    if not all(isinstance(r["metrics"].get(metric), (int, float)) for r in (a, b)):
+        return None
+    try:
+        return compare([a], [b], metric, higher)
+    except (KeyError, ValueError):
+        return None
+
+
+def versus_text(c) -> str:
+    """"better"/"worse"/"tie" with the difference and its 95% interval; "no interval" otherwise."""
+    if c is None or c.verdict == "unknown":
+        return "no interval"
+    word = {"better": "**better**", "worse": "**worse**", "tie": "tie"}[c.verdict]
+    return f"{word} ({c.diff:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}])"
 
 
 def load_records(root: Path) -> list[dict]:
@@ -130,6 +165,7 @@ class Results:
     code_now: dict[str, str] = field(default_factory=dict)
     ref: dict = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
+    model_now: dict[str, str] = field(default_factory=dict)   # task id -> sha256 of its fp model now
 
     def of(self, task: str, technique: str | None = None) -> list[dict]:
         return [r for r in self.records if r["task"] == task and technique in (None, r["technique"])]
@@ -156,9 +192,22 @@ class Results:
         cls = self.tasks.get(rec["task"])
         if cls is not None and rec.get("task_version", cls.version) != cls.version:
             out.append("older task version")
-        if now and prov.get("code_sha256") != now:
+        if now and prov.get("code_sha256") != now and not self.same_computation(rec):
             out.append(f"code changed since (commit {str(prov.get('git_commit'))[:7]})")
+        model_now = self.model_now.get(rec["task"])
+        model = (rec.get("inputs") or {}).get("model_sha256")
+        if model_now and model != model_now and (model or getattr(cls, "trained_here", True)):
+            out.append("other fp model" if model else "fp model not recorded")
         return out
+
+    def same_computation(self, rec: dict) -> bool:
+        """Its code changed only in docstrings, comments or registration metadata since the record."""
+        from refimpl.bench.records import code_current
+        from refimpl.core.registry import get
+        try:
+            return code_current(get(rec["technique"]), rec, self.code_now.get(rec["technique"]))
+        except ValueError:
+            return False
 
     def note(self, rec: dict) -> str:
         """The note column: † and the reasons, else the commit when it is not the newest one."""
@@ -189,7 +238,13 @@ def collect(root: Path, techniques: dict[str, dict]) -> Results:
         newest = max(records, key=lambda r: (str(r["provenance"].get("date")), r["_file"]))
         ref = {"commit": newest["provenance"].get("git_commit"), "torch": newest["provenance"].get("torch"),
                "date": newest["provenance"].get("date")}
-    return Results(records, dict(TASKS), names, code_now, ref, load_failures(root))
+    model_now = {}
+    for task in sorted({r["task"] for r in records}):
+        try:
+            model_now[task] = TASKS[task]().model_sha256()
+        except (RuntimeError, OSError, KeyError, NotImplementedError):
+            pass   # the task's model is not installed here: nothing to compare with
+    return Results(records, dict(TASKS), names, code_now, ref, load_failures(root), model_now)
 
 
 # ---------------------------------------------------------------- provenance text
@@ -206,7 +261,8 @@ def provenance_line(recs: list[dict], res: Results) -> str:
             f" · torch {values(lambda r: prov(r).get('torch'))}"
             f" · {values(lambda r: prov(r).get('cpu'))}"
             f" ({values(lambda r: prov(r).get('threads'))} threads)"
-            f" · seed {values(lambda r: r['config'].get('seed'))}"
+            f" · seeds {values(lambda r: ','.join(map(str, r['config'].get('seeds') or [r['config'].get('seed')])))}"
+            f" · fp model {values(lambda r: str((r.get('inputs') or {}).get('model_sha256') or 'not recorded')[:12])}"
             f" · wall {total:.1f} s over {len(recs)} run{'s' if len(recs) != 1 else ''}.")
     flagged = [r for r in recs if res.flags(r)]
     if flagged:
@@ -226,7 +282,7 @@ def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
     """The "Results" section of a technique page and its charts {path under docs/: svg}."""
     tasks = res.tasks_of(tid)
     if not tasks:
-        return ("_Not measured yet._ Run `python -m site_gen bench --only "
+        return ("_Not measured yet._ Run `python -m refimpl bench --only "
                 f"{md_text(tid)}` to produce the records.\n", {})
     lines, charts = [], {}
     for task in tasks:
@@ -235,20 +291,23 @@ def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
         extra = [m for m in KEY_METRICS.get(task, ()) if m != primary]
         show_rtn = tid != "rtn"
         head = ["Setting", f"{md_text(primary)} ({'higher' if higher else 'lower'} is better)"]
-        head += ["rtn"] * show_rtn + ["fp32"] + [md_text(m) for m in extra] + ["bits/weight", "wall s", "note"]
+        head += ["rtn", "vs rtn (paired 95%)"] * show_rtn + ["fp32"] + [md_text(m) for m in extra]
+        head += ["bits/weight", "wall s", "note"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in recs:
             setting = col_label(col_key(r)) + (f" · {variant(r)}" if variant(r) else "")
             rtn = res.find(task, "rtn", col_key(r)) if show_rtn else None
             bits, exact = avg_bits(r)
-            cells = [md_text(setting), fmt(r["metrics"].get(primary))]
-            cells += [fmt(rtn["metrics"].get(primary)) if rtn else "—"] * show_rtn
+            cells = [md_text(setting), fmt_ci(r, primary)]
+            if show_rtn:
+                cells += [fmt_ci(rtn, primary) if rtn else "—",
+                          versus_text(versus(r, rtn, primary, higher)) if rtn else "—"]
             cells += [fmt(r["fp_baseline"].get(primary))] + [fmt(r["metrics"].get(m)) for m in extra]
             cells += [("" if exact else "≈") + f"{bits:.3g}", fmt(r["timing"].get("wall_s")),
                       res.note(r)]
             rows.append("| " + " | ".join(cells) + " |")
         desc = res.tasks[task].description
-        lines += [f"### {md_text(task)}", "", md_text(desc), "", *rows, "",
+        lines += [f"### {md_text(task)}", "", md_text(desc), "", *rows, "", INTERVAL_NOTE, "",
                   f"All techniques on this task: [leaderboard {md_text(task)}]({board_dir}/{task}.md).", ""]
         name = f"{tid}--{task}.svg"
         charts[f"{PLOTS}/{name}"] = plots.svg(technique_chart(tid, task, recs, res), cache)
@@ -279,11 +338,11 @@ def technique_chart(tid: str, task: str, recs: list[dict], res: Results) -> dict
     series, all_y = [], []
     for i, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         members.sort(key=lambda r: r["config"]["bits"])
-        pts = [(r["config"]["bits"], r["metrics"].get(primary)) for r in members]
-        pts = [(x, y) for x, y in pts if isinstance(y, (int, float)) and math.isfinite(y)]
+        pts = [(r["config"]["bits"], r["metrics"].get(primary), *_span(r, primary)) for r in members]
+        pts = [p for p in pts if isinstance(p[1], (int, float)) and math.isfinite(p[1])]
         label = f"{tid} {_series_label(key)}"
         series.append({"label": label, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "color": i,
-                       "line": "-", "marker": "o"})
+                       "line": "-", "marker": "o", "lo": [p[2] for p in pts], "hi": [p[3] for p in pts]})
         all_y += [p[1] for p in pts]
         if tid != "rtn" and not key[3]:
             rtn = [res.find(task, "rtn", col_key(r)) for r in members]
@@ -298,6 +357,11 @@ def technique_chart(tid: str, task: str, recs: list[dict], res: Results) -> dict
     xs = sorted({x for s in series for x in s["x"]})
     return plots.chart(f"{res.names.get(tid, tid)} on {task}", "weight bits", primary, series,
                        logy=_wide(all_y), hlines=hlines, xticks=xs)
+
+
+def _span(rec: dict, metric: str) -> tuple:
+    ci = (rec.get("intervals") or {}).get(metric) or {}
+    return (ci.get("lo"), ci.get("hi"))
 
 
 def _wide(ys: list[float]) -> bool:
@@ -348,7 +412,7 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
     lines = [f"# Leaderboard: {md_text(task)}", "", md_text(cls.description), "",
              f"!!! note \"Caveat\"\n    {md_text(cls.caveat)}", ""]
     if not recs:
-        return "\n".join(lines + ["_Not measured yet._ Run `python -m site_gen bench --task "
+        return "\n".join(lines + ["_Not measured yet._ Run `python -m refimpl bench --task "
                                   f"{md_text(task)}`."]) + "\n", {}
     rows: dict[tuple[str, str], dict[tuple, dict]] = {}
     for r in recs:
@@ -360,10 +424,10 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
     cols = sorted((k for k, n in counts.items() if n >= 2), key=col_order) or sorted(counts, key=col_order)
     best = {}
     for key in cols:
-        vals = [c[key]["metrics"].get(primary) for c in rows.values() if key in c]
-        vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-        if vals:
-            best[key] = max(vals) if higher else min(vals)
+        cands = [c[key] for c in rows.values() if key in c and _finite(c[key]["metrics"].get(primary))]
+        if cands:
+            pick = max if higher else min
+            best[key] = pick(cands, key=lambda r: r["metrics"][primary])
     busiest = max(cols, key=lambda k: (counts[k], col_order(k)))
     sign = -1 if higher else 1
 
@@ -373,14 +437,19 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
         return (v is None, sign * v if isinstance(v, (int, float)) else 0, res.names.get(tid, tid), var)
 
     fp = recs[0]["fp_baseline"].get(primary)
+    ordered = [item for item in sorted(rows.items(), key=rank) if any(k in item[1] for k in cols)]
+    ranks = significance_ranks([cells.get(busiest) for _, cells in ordered], primary, higher)
+    tied = {key: tied_with_best([c.get(key) for _, c in ordered], best.get(key), primary, higher) for key in cols}
     lines += [f"Primary metric **{md_text(primary)}** ({'higher' if higher else 'lower'} is better; "
-              f"fp32 {fmt(fp)}). **Bold**: best in its column. Columns: the settings measured for at "
-              "least two techniques (all settings while no setting has two).", "",
-              "| Technique | " + " | ".join(md_text(col_label(k)) for k in cols) + " |",
-              "|---|" + "---|" * len(cols)]
-    for (tid, var), cells in sorted(rows.items(), key=rank):
-        if not any(k in cells for k in cols):
-            continue
+              f"fp32 {fmt(fp)}); ± is the larger half of the 95% interval. **Bold**: best in its column, and "
+              "every cell whose paired 95% interval against the best contains zero (tied with it). Rank: at "
+              f"{md_text(col_label(busiest))}, 1 + the number of techniques better than this one with the "
+              "paired interval excluding zero, so techniques that intervals cannot separate share a rank "
+              "(— where a record has no interval). Columns: the settings measured for at least two "
+              "techniques (all settings while no setting has two).", "",
+              "| Rank | Technique | " + " | ".join(md_text(col_label(k)) for k in cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for i, ((tid, var), cells) in enumerate(ordered):
         # the short id keeps the table narrow; the full name is the link's tooltip
         name = f"[{md_text(tid)}]({tech_links[tid]} \"{md_text(res.names.get(tid, tid)).replace(chr(34), '')}\")" \
             if tid in tech_links \
@@ -388,12 +457,11 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
         out = []
         for key in cols:
             r = cells.get(key)
-            v = r["metrics"].get(primary) if r else None
-            text = fmt(v) if r else "—"
-            if r is not None and key in best and v == best[key]:
+            text = fmt_ci(r, primary) if r else "—"
+            if r is not None and (r is best.get(key) or any(r is t for t in tied[key])):
                 text = f"**{text}**"
             out.append(text + (_mark(r, res) if r else ""))
-        lines.append(f"| {name}{f' ({md_text(var)})' if var else ''} | " + " | ".join(out) + " |")
+        lines.append(f"| {ranks[i]} | {name}{f' ({md_text(var)})' if var else ''} | " + " | ".join(out) + " |")
     alone = [(tid, var, cells) for (tid, var), cells in sorted(rows.items(), key=rank)
              if not any(k in cells for k in cols)]
     if alone:   # measured only at settings no other technique shares: listed, not dropped
@@ -409,6 +477,40 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
               "other record beats on both axes.", "",
               provenance_line(recs, res), ""]
     return "\n".join(lines), {f"{PLOTS}/{name}": plots.svg(pareto_chart(task, recs, res), cache)}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def significance_ranks(cells: list[dict | None], primary: str, higher: bool) -> list[str]:
+    """Rank of each cell: 1 + how many other cells beat it with a paired interval excluding zero.
+    "—" for a missing cell, or when any cell of the column has no interval to rank by."""
+    present = [c for c in cells if c is not None]
+    if not present or any(not (c.get("intervals") or {}).get(primary, {}).get("lo") is not None for c in present):
+        return ["—"] * len(cells)
+    out = []
+    for c in cells:
+        if c is None:
+            out.append("—")
+            continue
+        wins = [versus(o, c, primary, higher) for o in present if o is not c]
+        out.append(str(1 + sum(1 for w in wins if w is not None and w.verdict == "better")))
+    return out
+
+
+def tied_with_best(cells: list[dict | None], best: dict | None, primary: str, higher: bool) -> list[dict]:
+    """The cells whose paired interval against the best cell contains zero."""
+    if best is None:
+        return []
+    out = []
+    for c in cells:
+        if c is None or c is best:
+            continue
+        v = versus(c, best, primary, higher)
+        if v is not None and v.verdict == "tie":
+            out.append(c)
+    return out
 
 
 def _lone(tid: str, var: str, cells: dict, primary: str, res: Results, tech_links: dict[str, str]) -> str:

@@ -105,7 +105,7 @@ def _read(root: Path, rel: str) -> str:
 def results_index(res: results.Results, techs: list) -> str:
     from refimpl.bench.tasks import tasks_of
     lines = ["# Results", "",
-             "Every number on this site is measured by `python -m site_gen bench` (each run in its own "
+             "Every number on this site is measured by `python -m refimpl bench` (each run in its own "
              "process, cached by code hash and configuration) and stored with its provenance under "
              "`results/<task>/<technique>/<setting>.json`. Nothing is typed in by hand.", ""]
     if res.ref:
@@ -126,7 +126,7 @@ def results_index(res: results.Results, techs: list) -> str:
               "bitsandbytes and optimum-quanto.", ""]
     if res.failures:
         lines += ["## Runs that failed", "",
-                  "From `results/_failures.json`, written by the last `site_gen bench` that saw them fail.", "",
+                  "From `results/_failures.json`, written by the last `refimpl bench` that saw them fail.", "",
                   "| Task | Technique | Setting | Error |", "|---|---|---|---|"]
         lines += [f"| {md_text(f.get('task'))} | {md_text(f.get('technique'))} | {md_text(f.get('setting'))} "
                   f"| {md_text(f.get('error'))} |" for f in res.failures]

@@ -12,6 +12,7 @@ import yaml
 from site_gen import add, arxiv, check
 
 FIXTURES = Path(__file__).parent / "fixtures"
+WHY = "quantizes weights one column at a time and updates the rest with the inverse Hessian → 3.2.3"
 GPTQ_XML = (FIXTURES / "arxiv_2210.17323.xml").read_bytes()
 GOOD_ENTRY = (FIXTURES / "papers" / "2023" / "gptq.yaml").read_text(encoding="utf-8")
 EMPTY_FEED = b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>q</title></feed>'
@@ -75,6 +76,7 @@ def files_under(root: Path) -> list[str]:
 
 def do_add(root, stub, **kw):
     kw.setdefault("subcategories", ["3.2.3"])
+    kw.setdefault("why", WHY)
     return add.add_paper(kw.pop("ref", "2210.17323"), root=root, base_url=stub.url, backoff=0, **kw)
 
 
@@ -89,7 +91,7 @@ def test_add_writes_a_valid_entry_from_the_recorded_reply(root, stub):
         "title": "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers",
         "authors": ["Elias Frantar", "Saleh Ashkboos", "Torsten Hoefler", "Dan Alistarh"],
         "year": 2022, "venue": "arXiv", "url": "https://arxiv.org/abs/2210.17323", "arxiv": "2210.17323",
-        "code": "https://github.com/IST-DASLab/gptq", "subcategories": ["3.2.3"], "classified_by": "curated",
+        "code": "https://github.com/IST-DASLab/gptq", "subcategories": ["3.2.3"], "why": WHY, "classified_by": "curated",
         "tags": ["llm", "ptq"], "aliases": ["GPTQ"], "sources": ["arxiv"],
     }
     assert stub.paths == ["/api/query?id_list=2210.17323"]
@@ -107,7 +109,7 @@ def test_dry_run_writes_nothing(root, stub):
 def test_env_var_overrides_the_api_base(root, stub, monkeypatch):
     monkeypatch.setenv(arxiv.ENV_API, stub.url)
     stub.replies = [(200, GPTQ_XML)]
-    path, _ = add.add_paper("2210.17323", subcategories=["3.2.3"], root=root, backoff=0)
+    path, _ = add.add_paper("2210.17323", subcategories=["3.2.3"], why=WHY, root=root, backoff=0)
     assert path.exists() and len(stub.paths) == 1
 
 
@@ -142,7 +144,7 @@ def test_offline_is_a_clear_error(root):
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}/api/query"
     with pytest.raises(arxiv.ArxivError, match=rf"^cannot reach arXiv API at {base}: ConnectionError"):
-        add.add_paper("2210.17323", subcategories=["3.2.3"], root=root, base_url=base, backoff=0)
+        add.add_paper("2210.17323", subcategories=["3.2.3"], why=WHY, root=root, base_url=base, backoff=0)
     assert files_under(root) == []
 
 
@@ -181,13 +183,29 @@ def test_taken_id_gets_the_year_suffix(root, stub):
     ({"venue": "ICLRR"}, "--venue: unknown venue 'ICLRR' (did you mean 'ICLR'?)"),
     ({"code": "javascript:alert(1)"}, "--code: 'javascript:alert(1)' scheme javascript: is not allowed"),
     ({"ref": "22.1"}, "--arxiv: '22.1' is not an arXiv id"),
-    ({"subcategories": []}, "--subcategory: give at least one"),
-], ids=["subcategory", "tag", "venue", "code", "arxiv", "no-subcategory"])
+    ({"why": " "}, "--why: say in one line"),
+    ({"contribution": "tutorial"}, "--contribution: unknown kind 'tutorial'"),
+], ids=["subcategory", "tag", "venue", "code", "arxiv", "no-why", "contribution"])
 def test_bad_arguments_fail_before_any_request(root, stub, kw, message):
     with pytest.raises((add.AddError, arxiv.ArxivError)) as exc:
         do_add(root, stub, **kw)
     assert message in str(exc.value)
     assert stub.paths == [] and files_under(root) == []
+
+
+def test_no_subcategory_files_nothing_and_prints_the_keyword_hint(root, stub):
+    stub.replies = [(200, GPTQ_XML)]
+    with pytest.raises(add.AddError) as exc:
+        do_add(root, stub, subcategories=[])
+    assert "nothing was filed" in str(exc.value) and "the title suggests" in str(exc.value)
+    assert files_under(root) == []
+
+
+def test_a_survey_may_be_added_without_a_subcategory(root, stub):
+    stub.replies = [(200, GPTQ_XML)]
+    path, text = do_add(root, stub, subcategories=[], contribution="survey", why="a survey of PTQ for LLMs")
+    entry = yaml.safe_load(text)
+    assert entry["contribution"] == "survey" and entry["subcategories"] == [] and path.exists()
 
 
 def test_invalid_id_is_caught_by_the_validator_and_nothing_is_written(root, stub):
@@ -201,11 +219,11 @@ def test_cli_reports_errors_in_one_line_with_exit_1(root, stub, monkeypatch, cap
     monkeypatch.setattr(add, "ROOT", root)
     monkeypatch.setenv(arxiv.ENV_API, stub.url)
     stub.replies = [(200, EMPTY_FEED)] * 4
-    assert add.main(["--arxiv", "2210.17323", "--subcategory", "3.2.3"]) == 1
+    assert add.main(["--arxiv", "2210.17323", "--subcategory", "3.2.3", "--why", WHY]) == 1
     err = capsys.readouterr().err
     assert err == "site_gen add: arXiv has no paper 2210.17323\n"
     stub.replies = [(200, GPTQ_XML)]
-    assert add.main(["--arxiv", "2210.17323", "--subcategory", "3.2.3", "--dry-run"]) == 0
+    assert add.main(["--arxiv", "2210.17323", "--subcategory", "3.2.3", "--why", WHY, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# ") and "(dry run, not written)" in out and "title: 'GPTQ: Accurate" in out
     assert files_under(root) == []

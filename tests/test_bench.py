@@ -1,4 +1,4 @@
-"""`python -m site_gen bench`: the planner, isolated runs, the cache, failures and the summary.
+"""`python -m refimpl bench` (alias `python -m site_gen bench`): the planner, isolated runs, the cache, failures and the summary.
 
 The end-to-end tests run the real command in a subprocess on the smallest slice (rtn on
 digits-cnn at its quick setting, W4A8) into a temporary results folder, never results/.
@@ -14,7 +14,8 @@ import pytest
 
 from refimpl.bench import matrix, records
 from refimpl.bench.runner import RunSpec
-from site_gen import ROOT, bench
+from refimpl.bench import engine as bench
+from refimpl.bench.records import REPO as ROOT
 
 SUMMARY = "ran {}, cached {}, failed {}, wall "
 

@@ -42,7 +42,7 @@ TAXONOMY = {
 PAPERS = [
     {"id": "alpha", "title": "Alpha: first paper", "year": 2021, "venue": "ICLR",
      "url": "https://example.org/alpha", "subcategories": ["3.1.1"], "classified_by": "survey",
-     "code": "https://github.com/example/alpha", "tags": ["llm", "ptq"]},
+     "code": "https://github.com/example/alpha", "tags": ["llm", "ptq"], "why": "fits the scale → 3.1.1"},
     {"id": "beta", "title": "Beta in two places", "year": 2023, "venue": "NeurIPS",
      "url": "https://example.org/beta", "subcategories": ["3.1.1", "3.8"], "classified_by": "rule"},
     {"id": "gamma", "title": "Gamma", "year": 2023, "venue": "arXiv",
@@ -50,8 +50,16 @@ PAPERS = [
      "aliases": ["GAM"]},
     {"id": "evil", "title": HOSTILE_TITLE, "year": 2022, "venue": "Venue|<i>x</i>",
      "url": "javascript:alert(1)", "subcategories": ["3.8"], "classified_by": "curated",
-     "code": "https://example.org/a b\"c(d)<e>", "aliases": ["<svg onload=alert(1)>"]},
+     "code": "https://example.org/a b\"c(d)<e>", "aliases": ["<svg onload=alert(1)>"], "why": HOSTILE_TITLE},
 ]
+# Two entries of other kinds, added only where a test needs them (the counts above stay).
+OTHER_KINDS = [
+    {"id": "delta", "title": "Delta: a survey", "year": 2024, "venue": "arXiv", "url": "https://example.org/delta",
+     "subcategories": [], "contribution": "survey", "why": "surveys everything", "classified_by": "curated"},
+    {"id": "eps", "title": "Eps: a benchmark", "year": 2024, "venue": "arXiv", "url": "https://example.org/eps",
+     "subcategories": ["3.1.1"], "contribution": "benchmark", "why": "compares scale choices", "classified_by": "curated"},
+]
+REMOVED = [{"id": "hash", "title": HOSTILE_TITLE, "url": "javascript:alert(1)", "reason": "<b>not</b> | quantization"}]
 
 
 def make_tree(root: Path, papers: list[dict] = PAPERS) -> Path:
@@ -227,11 +235,12 @@ def test_hostile_strings_render_as_inert_text(tree, rel):
 def test_hostile_title_stays_in_its_table_cell(tree):
     text = build.generate(tree, techniques={})["docs/generated/taxonomy/3.8-other/3.8-others.md"]
     rows = table_rows(text)
-    assert rows[0] == ["Year", "Venue", "Title", "Code", "Tags"]
-    assert all(len(row) == 5 for row in rows)
+    assert rows[0] == ["Year", "Venue", "Title", "Code", "Tags", "Filed"]
+    assert all(len(row) == 6 for row in rows)
     evil = next(row for row in rows if row[0] == "2022")
     assert evil[1] == "Venue|<i>x</i>"
     assert evil[2].startswith("Evil <script>")
+    assert evil[5] == "read and filed" + " ".join(HOSTILE_TITLE.split())   # <details> summary, then why
 
 
 def test_unsafe_url_is_never_a_link_and_code_url_is_encoded(tree):
@@ -336,7 +345,7 @@ def test_diagram_counts_papers_per_subcategory_and_links_every_page(tree):
 def test_readme_has_commands_contents_counts_and_list_lines(tree):
     readme = build.generate(tree, techniques={})["README.md"]
     assert "make serve" in readme and "make test" in readme
-    assert "**4 papers** in 3 sub-categories" in readme
+    assert "**4 papers**: 4 papers proposing methods, filed in 3 sub-categories" in readme
     assert "- [3.1 Scales &lt;b&gt;&amp;amp;&lt;/b&gt; Zeros](#31-scales-bampb-zeros)" in readme
     assert "  - [3.1.1 Loss](#311-loss) (2)" in readme
     assert ("- [Alpha: first paper](https://example.org/alpha) — ICLR 2021 · "
@@ -363,6 +372,71 @@ def test_mkdocs_strict_build_of_the_fixture_resolves_every_diagram_link(tree, tm
     for href in diagram_links:
         assert (site / href / "index.html").is_file(), href
     assert not any(tag == "link" and "fonts.googleapis" in a.get("href", "") for tag, a in index.tags)
+
+
+# ---------------------------------------------------------------- kinds, filing, removed entries
+
+@pytest.fixture
+def kinds_tree(tmp_path: Path) -> Path:
+    root = make_tree(tmp_path, PAPERS + OTHER_KINDS)
+    (root / "papers" / "removed.yaml").write_text(yaml.safe_dump(REMOVED), encoding="utf-8")
+    return root
+
+
+def test_each_row_shows_who_filed_it_and_why(tree):
+    text = build.generate(tree, techniques={})["docs/generated/taxonomy/3.1-scales/3.1.1-loss.md"]
+    assert "| <details><summary>survey figure</summary>fits the scale → 3.1.1</details> |" in text
+    assert "| not yet read |" in text                                     # beta: rule, no why
+    page = build.generate(tree, techniques={})["docs/generated/papers.md"]
+    assert '<th>Filed</th>' in page and 'data-kind="method"' in page and 'data-filed="rule"' in page
+
+
+def test_other_kinds_get_their_own_pages_grouped_by_subcategory(kinds_tree):
+    out = build.generate(kinds_tree, techniques={})
+    survey, bench = out["docs/generated/kinds/survey.md"], out["docs/generated/kinds/benchmark.md"]
+    assert "## Not tied to a sub-category (1)" in survey and "Delta: a survey" in survey
+    assert "## 3.1.1 Loss (1)" in bench and "Eps: a benchmark" in bench
+    assert "](../taxonomy/3.1-scales/3.1.1-loss.md)" in bench
+    # sub-category pages describe methods only
+    assert "Eps: a benchmark" not in out["docs/generated/taxonomy/3.1-scales/3.1.1-loss.md"]
+    nav = yaml.safe_load(out["docs/generated/nav.yml"])["nav"]
+    kinds_nav = next(item["Other contributions"] for item in nav if "Other contributions" in item)
+    assert {"Surveys": "generated/kinds/survey.md"} in kinds_nav
+
+
+def test_home_counts_per_kind_and_per_filer(kinds_tree):
+    counts = build.generate(kinds_tree, techniques={})["docs/generated/counts.html"]
+    cells = [t for t in parse_html(counts).text if t.strip()]
+    assert cells[cells.index("Methods") + 1] == "4" and cells[cells.index("Surveys") + 1] == "1"
+    assert cells[cells.index("curated (read and filed)") + 1] == "4"
+    assert cells[cells.index("rule (not yet read)") + 1] == "1"
+    assert ("a", {"href": "generated/kinds/survey/"}) in parse_html(counts).tags
+    assert "\n\n" not in counts
+
+
+def test_readme_lists_methods_then_the_other_kinds(kinds_tree):
+    readme = build.generate(kinds_tree, techniques={})["README.md"]
+    assert readme.index("### 3.8 Others") < readme.index("## Surveys") < readme.index("## Benchmarks and studies")
+    assert "- [Surveys](#surveys) (1)" in readme
+    assert "**6 papers**: 4 papers proposing methods" in readme
+
+
+def test_removed_entries_page_escapes_every_value(kinds_tree):
+    text = build.generate(kinds_tree, techniques={})["docs/generated/removed.md"]
+    page = parse_html(to_html(text))
+    assert not {tag for tag, _ in page.tags} & {"script", "img", "svg", "i", "b"}
+    assert not any(a.get("href", "").startswith("javascript") for _, a in page.tags)
+    rows = table_rows(text)
+    assert rows[1] == ["hash", " ".join(HOSTILE_TITLE.split()), "<b>not</b> | quantization"]
+
+
+def test_schema_is_a_build_output_checked_for_staleness(tree, capsys):
+    assert run_main(tree) == 0
+    path = tree / "papers" / "paper.schema.json"
+    assert '"why"' in path.read_text(encoding="utf-8")
+    path.write_text("{}", encoding="utf-8")
+    assert run_main(tree, "--check") == 1
+    assert "stale: papers/paper.schema.json" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the real knowledge base

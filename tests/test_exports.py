@@ -210,7 +210,8 @@ def test_papers_table_rows_carry_escaped_data_attributes(tree):
     parser.feed(markdown.markdown(page, extensions=["tables", "toc"]))
     rows = {r["data-id"]: r for r in parser.rows}
     assert set(rows) == {p["id"] for p in PAPERS + TRICKY}
-    expected = {"data-id", "data-year", "data-venue", "data-subs", "data-tags", "data-code", "data-refimpl"}
+    expected = {"data-id", "data-year", "data-venue", "data-subs", "data-tags", "data-code", "data-refimpl",
+                "data-kind", "data-filed"}
     for attrs in rows.values():
         assert expected <= set(attrs) <= expected | {"data-authors"}  # nothing injected
     evil = rows["evil"]

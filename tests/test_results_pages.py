@@ -28,6 +28,7 @@ def write_record(root: Path, technique: str, bits: int, act_bits: int | None, ac
                  date: str = "2026-01-02T00:00:00+00:00", options: dict | None = None) -> dict:
     """A digits-cnn record shaped like the runner's, with the code hash of the tree now."""
     from refimpl.bench import records
+    from refimpl.bench.tasks import DigitsCNNTask
     from refimpl.core.registry import get
     setting = records.setting_name(bits, None, True, act_bits, options)
     rec = {
@@ -36,6 +37,7 @@ def write_record(root: Path, technique: str, bits: int, act_bits: int | None, ac
                    "options": options or {}, "calib": {"n": 180, "seq": 0}, "seed": 0, "skip": ["lm_head"]},
         "metrics": {"accuracy": accuracy, "avg_bits": float(bits), "size_bits": 1000 * bits},
         "fp_baseline": {"accuracy": 0.99, "avg_bits": 32.0, "size_bits": 32000},
+        "inputs": {"model_sha256": DigitsCNNTask().model_sha256()},
         "caveat": "", "timing": {"wall_s": 1.5, "load_s": 0.1, "quantize_s": 1.0, "eval_s": 0.4},
         "memory": {"peak_rss_mb": 1.0},
         "provenance": {"git_commit": commit, "git_dirty": False, "torch": torch_version, "cpu": cpu,
@@ -66,10 +68,11 @@ def test_technique_page_table_has_ours_rtn_fp32_and_flags(measured):
     page = out["docs/generated/techniques/mse_clip.md"]
     rows = table_rows(page[page.index("## Results"):])
     header = rows[0]
-    assert header[:4] == ["Setting", "accuracy (higher is better)", "rtn", "fp32"]
+    assert header[:5] == ["Setting", "accuracy (higher is better)", "rtn", "vs rtn (paired 95%)", "fp32"]
     by_setting = {r[0]: r for r in rows[1:]}
-    assert by_setting["W4A8 per-channel sym"][1:4] == ["0.97", "0.95", "0.99"]
-    assert by_setting["W2A4 per-channel sym"][1:4] == ["0.8", "0.35", "0.99"]
+    # records without per-example data or seeds: values bare, no verdict claimed
+    assert by_setting["W4A8 per-channel sym"][1:5] == ["0.97", "0.95", "no interval", "0.99"]
+    assert by_setting["W2A4 per-channel sym"][1:5] == ["0.8", "0.35", "no interval", "0.99"]
     # the record from another torch is marked, and its commit named; the others are not
     assert by_setting["W2A4 per-channel sym"][-1].startswith("† ")
     assert "other torch 2.0.0" in by_setting["W2A4 per-channel sym"][-1]
@@ -97,7 +100,9 @@ def test_subcategory_card_and_leaderboard(measured):
     assert ["digits-cnn", "W4A8 per-channel sym", "0.97", "0.95", "0.99"] in card
     board = out["docs/generated/results/digits-cnn.md"]
     rows = table_rows(board)
-    assert rows[0] == ["Technique", "W4A8 per-channel sym", "W2A4 per-channel sym"]
+    assert rows[0] == ["Rank", "Technique", "W4A8 per-channel sym", "W2A4 per-channel sym"]
+    # no record here has an interval: nothing is ranked rather than ranked by noise
+    assert {r[0] for r in rows[2:]} == {"—"}
     html = to_html(board)
     # best per column in bold (higher accuracy is better); the flagged cell carries its mark
     assert "<strong>0.97</strong>" in html and "<strong>0.8</strong> †" in html
@@ -277,3 +282,24 @@ def test_an_older_commit_with_unchanged_code_is_named_not_marked(tmp_path):
     assert rows["W2A4 per-channel sym"][-1] == "commit eeeeeee"
     assert rows["W4A8 per-channel sym"][-1] == ""
     assert "marked †" not in page and "eeeeeee" in page.split("Provenance:")[1]
+
+
+def test_leaderboard_ranks_by_paired_intervals_and_bolds_ties(tmp_path):
+    """Two techniques one test digit apart share rank 1 and both print bold; one far behind is 3rd."""
+    root = make_tree(tmp_path)
+    n = 540
+    base = [1] * 520 + [0] * 20
+    cells = {"rtn": base, "gptq": base[:519] + [0] + base[520:], "mse_clip": [1] * 270 + [0] * 270}
+    for tid, hits in cells.items():
+        rec = write_record(root, tid, 4, 8, sum(hits) / n)
+        rec["seed_runs"] = [{"seed": 0, "metrics": rec["metrics"], "per_example": {"correct": hits}}]
+        from refimpl.bench import records
+        from refimpl.bench.tasks import DigitsCNNTask
+        rec["intervals"] = records.intervals(rec["seed_runs"], DigitsCNNTask())
+        records.write_json_atomic(records.record_path(root / "results", "digits-cnn", tid, rec["setting"]), rec)
+    techs = dict(TECHS, gptq={"name": "GPTQ", "source": "refimpl/mechanism/gptq.py", "paper": "alpha"})
+    board = build.generate(root, techniques=techs)["docs/generated/results/digits-cnn.md"]
+    rank = {r[1].split("]")[0].strip("["): r[0] for r in table_rows(board)[1:]}
+    assert rank == {"rtn": "1", "gptq": "1", "mse_clip": "3"}
+    html = to_html(board)
+    assert html.count("<strong>0.96") == 2 and "<strong>0.5 ±" not in html

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sym", action="store_true", help="symmetric grid (default: asymmetric)")
     p.add_argument("--act-bits", type=int, default=None, help="quantize Linear inputs to this many bits")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and every RNG (default 0)")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run the cell once per seed and report mean and interval (default: the task's seeds, "
+                        "3 on the digits tasks, offset by --seed)")
     p.add_argument("--calib-n", type=int, default=None, help="calibration sequences (default: the task's)")
     p.add_argument("--calib-seq", type=int, default=None, help="tokens per calibration sequence (default: the task's)")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -53,16 +56,29 @@ def spec_from_args(args) -> RunSpec:
     return RunSpec(technique=args.technique, task=args.task, bits=args.bits, group_size=args.group_size,
                    sym=args.sym, act_bits=args.act_bits, seed=args.seed, calib_n=args.calib_n,
                    calib_seq=args.calib_seq, options=parse_options(args.option), device=args.device,
-                   threads=args.threads)
+                   threads=args.threads, seeds=parse_seeds(args.seeds))
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
 def render(record: dict) -> str:
     """Human-readable summary: metrics beside the fp32 baseline, time and memory."""
-    lines = [f"{record['technique']} on {record['task']}, {record['setting']} (seed {record['config']['seed']})",
-             f"  {'metric':<20}{'quantized':>14}{'fp32':>14}"]
+    seeds = record["config"].get("seeds") or [record["config"]["seed"]]
+    lines = [f"{record['technique']} on {record['task']}, {record['setting']} "
+             f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; metrics are means over seeds)",
+             f"  {'metric':<20}{'quantized':>14}{'fp32':>14}   95% interval"]
     for key in sorted(record["metrics"]):
         q, f = record["metrics"][key], record["fp_baseline"].get(key)
-        lines.append(f"  {key:<20}{_num(q):>14}{_num(f):>14}")
+        ci = (record.get("intervals") or {}).get(key, {})
+        span = f"   [{_num(ci['lo'])}, {_num(ci['hi'])}]" if "lo" in ci else ""
+        lines.append(f"  {key:<20}{_num(q):>14}{_num(f):>14}{span}")
     t, m = record["timing"], record["memory"]
     delta = m.get("quantize_peak_rss_delta_mb")
     lines.append(f"  time {t['wall_s']:.1f} s (load {t['load_s']:.1f}, quantize {t['quantize_s']:.1f}, "

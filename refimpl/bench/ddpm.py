@@ -8,7 +8,8 @@ GroupNorm, SiLU, average pooling, nearest upsampling and one skip concatenation.
 Diffusion: T = 1000 steps, cosine noise schedule (Nichol & Dhariwal), ε-prediction, trained
 for 2000 Adam steps of 128 on the standardised training digits of `digits.load_split()` with a
 fixed seed and one thread (about 3 minutes of one core); the exponential moving average of the
-weights is the model, cached under .cache/models.
+weights is the model. The trained weights are shipped in refimpl/bench/weights/ with a pinned
+sha256 (retrain with `python -m refimpl.bench.train digits-ddpm`).
 
 Sampler (fixed for every run): deterministic DDIM, 50 steps (t = 980, 960, ..., 0), η = 0,
 the predicted x₀ clipped to the pixel range, starting from noise drawn with a fixed seed.
@@ -33,9 +34,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from refimpl.bench.digits import PatchConv
-from refimpl.bench.tasks import TASKS, Task
+from refimpl.bench.taskbase import Task
 
 VERSION = "1"      # bump when the model, the schedule or the training recipe changes (invalidates the cache)
+WEIGHTS_FILE = f"digits-ddpm-v{VERSION}.pt"   # shipped in refimpl/bench/weights/, sha256 in its MANIFEST.json
 T_TRAIN = 1000
 SAMPLER_STEPS = 50
 SCHEDULE = "cosine"     # on these digits: Digits-FD 2.6 vs 3.3 for linear β after the same training (300 samples)
@@ -266,9 +268,9 @@ def sample_report(samples: torch.Tensor, real: torch.Tensor, classifier: nn.Modu
 
 
 def load_model() -> DigitsUNet:
-    """The trained fp32 DDPM, from the cache when present (trained with one thread and cached otherwise)."""
-    from refimpl.bench.models import cached_trained
-    return cached_trained(f"digits-ddpm-v{VERSION}.pt", DigitsUNet, train_ddpm)
+    """The trained fp32 DDPM: the shipped weights, checked against their pinned sha256."""
+    from refimpl.bench.models import load_pinned
+    return load_pinned(WEIGHTS_FILE, DigitsUNet)
 
 
 def noise(n: int, seed: int, device=None) -> torch.Tensor:
@@ -318,6 +320,9 @@ class DigitsDDPMTask(Task):
     calib_n, calib_seq = 800, 0          # (x_t, t) pairs: 16 trajectories × 50 steps; seq is meaningless
     SETTINGS = ((8, 8), (4, 8), (4, 4))
     MIXED_SETTINGS = ()
+    seeds = (0, 1, 2)      # calibration noise; the evaluation noise is fixed
+    trained_here = True
+    interval_metrics = ("sample_rmse_fp",)
     # extra option sets the matrix runs: PTQ4DM-style single-step calibration, against Q-Diffusion's default
     VARIANTS = {"qdiffusion_calib": ({"scheme": "single"},)}
     # naive PTQ (rtn weights, min-max activations) and two weight methods, run by the harness as on digits-cnn
@@ -333,6 +338,19 @@ class DigitsDDPMTask(Task):
 
     def sampler(self) -> DDIM:
         return default_sampler()
+
+    def model_sha256(self) -> str:
+        from refimpl.bench.models import manifest
+        return manifest()[WEIGHTS_FILE]["sha256"]
+
+    def fingerprint(self) -> dict:
+        from refimpl.bench import digits
+        from refimpl.bench.models import manifest
+        from refimpl.bench.records import sha256_data
+        pins = manifest()
+        return {"model_sha256": self.model_sha256(),
+                "classifier_sha256": pins[digits.WEIGHTS_FILE]["sha256"],
+                "eval_sha256": sha256_data([self.test_digits(), noise(EVAL_SAMPLES, EVAL_NOISE_SEED)])}
 
     def test_digits(self) -> torch.Tensor:
         if self._test is None:
@@ -396,35 +414,3 @@ class DigitsDDPMTask(Task):
             out["sample_rmse_fp"] = (samples - reference.to(device)).pow(2).mean().sqrt().item()
         out.update(storage_bits(model))
         return out
-
-
-# tasks.py imports this module at its end; registering here works whichever module is imported first
-TASKS[DigitsDDPMTask.id] = DigitsDDPMTask
-
-
-def act_ranges(n: int = 16, seed: int = 0) -> dict:
-    """Per-layer min/max of every quantized layer's input at each of the 50 DDIM steps of the fp
-    model, over n trajectories from calibration noise (the time-step profile behind TDQ)."""
-    from refimpl.diffusion._common import step_ranges, trajectory
-    model = load_model()
-    return step_ranges(model, trajectory(model, default_sampler(), noise(n, CALIB_NOISE_SEED + seed)))
-
-
-def write_act_ranges(path=None, n: int = 16) -> Path:
-    """results/digits-ddpm/act_ranges.json: {"steps", "layers": {name: {"min", "max"}}, "provenance"}."""
-    from refimpl.bench import records
-    path = Path(path) if path is not None else records.RESULTS / "digits-ddpm" / "act_ranges.json"
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = act_ranges(n)
-    finally:
-        torch.set_num_threads(prev)
-    data["provenance"] = records.provenance(threads=1)
-    data["task_version"] = VERSION
-    records.write_json_atomic(path, data)
-    return path
-
-
-if __name__ == "__main__":
-    print(write_act_ranges())

@@ -1,7 +1,7 @@
 """The benchmark matrix planner: every registered technique × task × setting, and what is cached.
 
-`python -m site_gen bench` runs the plan (each run in its own process); this module only decides
-what to run. `python -m refimpl.bench.matrix ...` is kept as an alias of that command.
+`python -m refimpl bench` (refimpl/bench/engine.py) runs the plan (each run in its own process); this module only decides
+what to run.
 
 Settings, generated from the registry (never from a hand-kept list of techniques):
 - every ptq-weight / ptq-weight-act technique: 2, 3 and 4 bits, group 64, asymmetric;
@@ -106,8 +106,13 @@ def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:
         return False
     prov = old.get("provenance") or {}
     now = now or records.provenance(tech)
-    return (old.get("config") == config
-            and prov.get("code_sha256") == now["code_sha256"]
+    inputs = old.get("inputs") or {}
+    old_config = dict(old.get("config") or {})
+    old_config.setdefault("seeds", [old_config.get("seed", 0)])   # records from before seeds were listed
+    model = inputs.get("model_sha256")
+    return (old_config == config
+            and (model == task.model_sha256() if model or task.trained_here else True)
+            and records.code_current(tech, old, now["code_sha256"])
             and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
 
 
@@ -183,6 +188,8 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
         result.skipped += notes
         for spec in specs:
             spec.threads = threads
+            if quick:   # a smoke slice: one seed per cell (the full matrix runs the task's seeds)
+                spec.seeds = [spec.seed]
             try:
                 setting = setting_label(spec)
             except ValueError as exc:
@@ -197,14 +204,3 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
     speed = {"digits-cnn": 0, "minilm-layers": 1}
     result.todo.sort(key=lambda p: speed.get(p.spec.task, 2))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Alias of `python -m site_gen bench` (same options)."""
-    from site_gen.bench import main as bench_main
-    return bench_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-    sys.exit(main())

@@ -30,32 +30,73 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATLAS_CACHE") or _REPO / ".cache" / "models")
 
 
-def cached_trained(name: str, make, train):
-    """`make()` with the state dict cached under cache_dir()/name, produced by `train()` on a miss.
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+MANIFEST = WEIGHTS / "MANIFEST.json"
 
-    Training runs on one thread, so the same float sums (hence the same model) come out on
-    every machine; the cache is written atomically, and an unreadable one is retrained.
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256_of, remembered per (path, size, mtime) for the life of the process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_of(path)
+    return _SHA_CACHE[key]
+
+
+def manifest() -> dict:
+    """{file name: {sha256, bytes, train, fp_metrics, ...}} of the trained models shipped in weights/."""
+    import json
+    return json.loads(MANIFEST.read_text(encoding="utf-8")) if MANIFEST.is_file() else {}
+
+
+def pinned_path(name: str) -> Path:
+    """The shipped weights `name`, checked against the sha256 the manifest pins.
+
+    Results are measured against these exact weights (every record stores the hash). Retraining
+    is a documented command (`python -m refimpl.bench.train`), never a silent fallback: a model
+    trained on another CPU differs in its last bits, and so do the numbers measured on it.
     """
+    entry = manifest().get(name)
+    path = WEIGHTS / name
+    if entry is None or not path.is_file():
+        raise RuntimeError(f"pinned model {name} is not shipped in {WEIGHTS}; "
+                           f"train it with `python -m refimpl.bench.train --ship` (see its --help)")
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise RuntimeError(f"pinned model {path} has sha256 {digest[:12]}…, the manifest pins "
+                           f"{entry['sha256'][:12]}…: the file was changed; restore it from git")
+    return path
+
+
+def load_pinned(name: str, make):
+    """`make()` with the shipped, hash-checked weights `name` loaded (eval mode)."""
     import torch
-    path = cache_dir() / name
     model = make()
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except (RuntimeError, OSError, ValueError):
-            pass   # a stale or truncated cache is retrained below
+    model.load_state_dict(torch.load(pinned_path(name), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def train_on_one_thread(train):
+    """Run `train()` with one torch thread (fewer reductions to reorder), restoring the count after."""
+    import torch
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = train()
+        return train()
     finally:
         torch.set_num_threads(prev)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model.eval()
 
 
 def load_minilm() -> tuple[nn.Module, object]:

@@ -5,7 +5,6 @@ written atomically with sorted keys so that a re-run with identical numbers is a
 """
 from __future__ import annotations
 
-import ast
 import datetime
 import hashlib
 import importlib.metadata
@@ -23,7 +22,7 @@ RESULTS = REPO / "results"
 
 # every record has these top-level fields (tests and the site generator rely on them)
 RECORD_FIELDS = ("schema", "technique", "task", "setting", "config", "metrics", "fp_baseline", "caveat",
-                 "provenance", "timing", "memory")
+                 "provenance", "timing", "memory", "inputs", "seed_runs", "intervals")
 PROVENANCE_FIELDS = ("git_commit", "git_dirty", "torch", "transformers", "python", "cpu", "device", "threads",
                      "date", "technique_module", "technique_source_sha256", "code_sha256")
 
@@ -156,52 +155,77 @@ def dependency_files(technique) -> list[Path]:
     return sorted(files)
 
 
-DECLARATIONS = ("deviations", "claims")   # register() arguments that describe the code, never change it
-_DECLARATION_IMPORT = (b"from refimpl.core.registry import Claim, Deviation, register",
-                       b"from refimpl.core.registry import register")
-
-
-def without_declarations(source: bytes) -> bytes:
-    """`source` as it reads without the deviations=/claims= arguments of its register(...) calls
-    (and the names imported for them), so that declaring them does not mark records stale.
-
-    Only trailing arguments are cut (the text between the last other argument and the closing
-    parenthesis); any other placement leaves the source as it is, so a hash can only be too
-    strict, never too lenient."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return source
-    starts = [0]
-    for line in source.split(b"\n"):
-        starts.append(starts[-1] + len(line) + 1)
-    cuts = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register"):
-            continue
-        n_meta = sum(k.arg in DECLARATIONS for k in node.keywords)
-        kept = node.keywords[:len(node.keywords) - n_meta]
-        if not n_meta:
-            continue
-        if not kept or any(k.arg in DECLARATIONS for k in kept):
-            return source
-        # ast offsets count UTF-8 bytes from the start of their line
-        start = starts[kept[-1].value.end_lineno - 1] + kept[-1].value.end_col_offset
-        end = starts[node.end_lineno - 1] + node.end_col_offset - 1       # the closing ")"
-        cuts.append((start, end))
-    for start, end in sorted(cuts, reverse=True):
-        source = source[:start] + source[end:]
-    return source.replace(*_DECLARATION_IMPORT) if cuts else source
-
-
 def code_sha256(technique) -> str:
-    """One hash over the technique's dependency files (relative path + content), in a stable order.
-    Declared deviations and claims are left out (`without_declarations`): they change no number."""
+    """One hash over the technique's dependency files (relative path + content), in a stable order."""
     h = hashlib.sha256()
     for path in dependency_files(technique):
         rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-        h.update(str(rel).encode() + b"\0" + without_declarations(path.read_bytes()) + b"\0")
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- same computation, other text
+
+def _is_metadata_call(node) -> bool:
+    """A call of register / Deviation / Claim: what a technique says about itself, not what it computes."""
+    import ast
+    func = node.func if isinstance(node, ast.Call) else None
+    name = getattr(func, "id", None) or getattr(func, "attr", None)
+    return name in ("register", "Deviation", "Claim")
+
+
+def semantic_source(text: str) -> str:
+    """The computation a module defines: its AST without docstrings, comments, `@register(...)`
+    decorators and module-level Deviation/Claim statements. Two versions of a file that differ
+    only there compute the same numbers."""
+    import ast
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body:
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.decorator_list = [d for d in node.decorator_list if not _is_metadata_call(d)]
+    tree.body = [st for st in tree.body
+                 if not (isinstance(st, (ast.Assign, ast.AnnAssign)) and st.value is not None
+                         and any(_is_metadata_call(n) for n in ast.walk(st.value)))]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def _git_show(commit: str, rel: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=REPO, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.decode("utf-8", "replace") if out.returncode == 0 else None
+
+
+_SAME_CACHE: dict[tuple, bool] = {}
+
+
+def same_computation_since(technique, commit: str | None) -> bool:
+    """Whether the technique's dependency files compute the same as they did at `commit` (git
+    history): a record whose code hash changed only through docstrings, comments or
+    registration metadata is still a measurement of the code in the tree."""
+    if not commit:
+        return False
+    files = dependency_files(technique)
+    key = (technique.id, commit, tuple(str(p) for p in files))
+    if key not in _SAME_CACHE:
+        same = True
+        for path in files:
+            rel = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else None
+            old = _git_show(commit, rel) if rel else None
+            try:
+                same = old is not None and semantic_source(old) == semantic_source(path.read_text(encoding="utf-8"))
+            except SyntaxError:
+                same = False
+            if not same:
+                break
+        _SAME_CACHE[key] = same
+    return _SAME_CACHE[key]
 
 
 def peak_rss_bytes() -> int:
@@ -233,3 +257,84 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def sha256_data(obj) -> str | None:
+    """A hash of calibration or evaluation data: tensors (shape, dtype, bytes), nested in lists,
+    tuples and dicts, or text; None for no data."""
+    import hashlib
+
+    import torch
+    if obj is None:
+        return None
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x):
+                feed(str(k))
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"S{x!r}".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def mean_metrics(runs: list[dict]) -> dict:
+    """Metrics of a cell over its seeds: the mean of every float metric; anything else (counts,
+    sizes, histograms) from the first seed, as those do not depend on the seed."""
+    out = {}
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(first, float) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values) / len(values)
+        else:
+            out[key] = first
+    return out
+
+
+def intervals(runs: list[dict], task) -> dict:
+    """95% intervals of the cell's metrics: over test examples (bootstrap of the seed-averaged
+    statistic, where per-example data exist) and over seeds (t-interval, with >= 2 seeds); `lo`
+    and `hi` span both, so a reader sees the larger uncertainty."""
+    from refimpl.bench import stats
+    out = {}
+    exs = [r.get("per_example") for r in runs]
+    for metric in (task.primary, *getattr(task, "interval_metrics", ())):
+        values = [r["metrics"].get(metric) for r in runs]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        s = stats.seed_summary(values)
+        entry = {"n_seeds": s.n, "mean": s.mean, "std": s.std}
+        spans = []
+        if s.n >= 2:
+            entry["seeds"] = [s.lo, s.hi]
+            spans.append(entry["seeds"])
+        if metric in stats.STATISTICS and all(exs):
+            entry["examples"] = list(stats.mean_bootstrap_ci(exs, metric))
+            entry["n_examples"] = stats.n_examples(exs[0])
+            spans.append(entry["examples"])
+        if spans:
+            entry["lo"], entry["hi"] = min(a for a, _ in spans), max(b for _, b in spans)
+        out[metric] = entry
+    return out
+
+
+def code_current(technique, record: dict, now: str | None = None) -> bool:
+    """The record measured the code in the tree: same code hash, or (from a clean commit) the
+    same computation as now (`same_computation_since`)."""
+    prov = record.get("provenance") or {}
+    if prov.get("code_sha256") == (now or code_sha256(technique)):
+        return True
+    return prov.get("git_dirty") is False and same_computation_since(technique, prov.get("git_commit"))
+

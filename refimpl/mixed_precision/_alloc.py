@@ -20,21 +20,15 @@ import torch
 from torch import nn
 
 from refimpl.core.fakequant import calibrate, freeze, prepare
+from refimpl.core.options import parse_numbers
 from refimpl.core.quantizer import quantize_weight
 
 Costs = dict[str, dict[int, float]]
 
 
 def from_cli(value, name: str):
-    """Options arrive from the command line as text: "6" → 6, "(3,4,8)" or "3,4,8" → (3, 4, 8)."""
-    if not isinstance(value, str):
-        return value
-    parts = [p.strip() for p in value.strip().strip("()[]").split(",") if p.strip()]
-    try:
-        numbers = tuple(int(p) if p.lstrip("+-").isdigit() else float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"{name}: expected a number or comma-separated numbers, got {value!r}") from None
-    return numbers[0] if len(numbers) == 1 and "," not in value else numbers
+    """Options that arrive as text: "6" → 6, "(3,4,8)" or "3,4,8" → (3, 4, 8) (the shared parser)."""
+    return parse_numbers(value, name) if isinstance(value, str) else value
 
 
 def check_choices(choices, name: str = "choices") -> tuple[int, ...]:

@@ -68,7 +68,9 @@ def test_record_has_full_provenance(two_runs):
     assert prov["technique_source_sha256"] == records.sha256_file(get("rtn").source_file)
     assert prov["threads"] == 1 and prov["device"] == "cpu" and prov["date"].endswith("+00:00")
     assert on_disk["config"] == {"bits": 3, "group_size": 64, "sym": False, "act_bits": None, "options": {},
-                                 "calib": None, "seed": 7, "skip": ["lm_head"]}
+                                 "calib": None, "seed": 7, "seeds": [7], "skip": ["lm_head"]}
+    assert set(on_disk["inputs"]) == {"model_sha256", "eval_sha256"}
+    assert [r["seed"] for r in on_disk["seed_runs"]] == [7]
     assert on_disk["timing"]["wall_s"] >= on_disk["timing"]["quantize_s"] >= 0
     assert on_disk["memory"]["peak_rss_mb"] > 50
 
