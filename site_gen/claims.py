@@ -31,8 +31,9 @@ class Checked:
     claim: object                  # refimpl.core.registry.Claim
     ours: float | None             # mean of the metric over the paired seeds (None: no record)
     theirs: float | None
-    seeds: int                     # how many seeds both cells have
+    seeds: int                     # how many seed runs the compared cells have (the fewer of the two)
     verdict: str                   # one of VERDICTS' values, or NOT_MEASURED
+    interval: tuple[float, float, float] | None = None   # (ours − theirs, low, high) when one exists
 
     @property
     def lean(self) -> str:
@@ -64,7 +65,7 @@ def _has_metric(rec: dict, metric: str) -> bool:
 
 def check(technique: str, claim, records: list[dict]) -> Checked:
     """The verdict of `claim` of `technique`: its cell against `claim.versus`, paired by seed."""
-    from refimpl.bench.stats import compare
+    from refimpl.bench.stats import compare, seed_runs
     other, _, other_setting = claim.versus.partition("/")
     ours = cell_records(records, claim.task, technique, claim.setting)
     theirs = cell_records(records, claim.task, other, other_setting)
@@ -76,7 +77,9 @@ def check(technique: str, claim, records: list[dict]) -> Checked:
     b = [theirs[s] for s in seeds]
     result = compare(a, b, claim.metric, claim.higher_is_better)
     mean = lambda recs: sum(r["metrics"][claim.metric] for r in recs) / len(recs)  # noqa: E731
-    return Checked(technique, claim, mean(a), mean(b), len(seeds), VERDICTS[result.verdict])
+    interval = None if result.verdict == "unknown" else (result.diff, result.lo, result.hi)
+    return Checked(technique, claim, mean(a), mean(b), min(len(seed_runs(a)), len(seed_runs(b))),
+                   VERDICTS[result.verdict], interval)
 
 
 def check_all(techs: list, records: list[dict]) -> list[Checked]:
@@ -99,7 +102,8 @@ def _versus(claim, links: dict[str, str]) -> str:
 def _values(c: Checked) -> str:
     seeds = f", {c.seeds} seeds" if c.seeds > 1 else ""
     lean = f" ({c.lean} on the point values{seeds})" if c.lean else ""
-    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{lean}"
+    diff = f"; difference {c.interval[0]:+.3g} [{c.interval[1]:+.3g}, {c.interval[2]:+.3g}]" if c.interval else ""
+    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{lean}{diff}"
 
 
 def _cause(c: Checked) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from refimpl.core.registry import Claim, Deviation
 from site_gen import claims
 
@@ -46,3 +48,15 @@ def test_box_escapes_and_shows_the_cause_only_when_not_confirmed():
     assert all(line == "" or line.startswith("    ") for line in box.splitlines()[1:])
     page = claims.claims_page(checked, {"qdrop": "QDrop"}, {"qdrop": "techniques/qdrop.md"})
     assert "[QDrop](techniques/qdrop.md)" in page and page.count("\n| ") == 2
+
+
+def test_one_record_holding_its_seed_runs_and_per_example_data_is_decided():
+    """Records that carry `seed_runs` with per-example data (one record per cell) get an interval."""
+    def cell(setting, n_correct):
+        runs = [{"seed": s, "metrics": {"accuracy": n_correct / 100},
+                 "per_example": {"correct": [1] * n_correct + [0] * (100 - n_correct)}} for s in range(3)]
+        return dict(rec(setting, n_correct / 100), seed_runs=runs)
+
+    got = claims.check("qdrop", CLAIM, [cell("w2-pc-sym-a4", 60), cell("w2-pc-sym-a4-p=0.0", 90)])
+    assert got.verdict == claims.VERDICTS["worse"] and got.seeds == 3
+    assert got.interval[0] == pytest.approx(-0.3) and got.interval[2] < 0
