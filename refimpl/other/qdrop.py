@@ -178,8 +178,8 @@ def reconstruct_block(model, images, q: QuantLinear, stop, x_fp, x_q, y_fp, *, p
                     task="digits-cnn", setting="w2-pc-sym-a4", versus="qdrop/w2-pc-sym-a4-p=0.0", metric="accuracy",
                     higher_is_better=True,
                     cause="Not explained yet. Learning the activation step sizes (as the paper does) raised p=1/2 "
-                          "from 0.789 to 0.831 and p=0 from 0.924 to 0.956 in a direct run: the gap remains. Likely "
-                          "the short reconstruction (300 steps) and one-Linear blocks: the flatness QDrop buys needs "
+                          "from 0.789 to 0.835 and p=0 from 0.924 to 0.930 (3 seeds): the gap remains. Likely the "
+                          "short reconstruction (300 steps) and one-Linear blocks: the flatness QDrop buys needs "
                           "longer optimisation than fitting the real noise does."),
           ))
 def qdrop(model, cfg, data, *, p: float = 0.5, iters: int = 300, batch: int = 32, lr: float = 5e-2,
