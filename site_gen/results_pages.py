@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen import peers, results, techpages
+from site_gen import claims, peers, results, techpages
 from site_gen.render import md_code, md_text
 
 RESULTS_DIR = "generated/results"
@@ -51,6 +51,8 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
 
     # the diffusion activation-range profile: shown on the digits-ddpm leaderboard and the tdq page
     profile, profile_charts = results.act_range_section(root, "../plots", cache)
+    checked = claims.check_all(techs, res.records)
+    same_dir = {t.id: f"{t.id}.md" for t in techs}
     part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     for t in techs:
         body, charts = results.technique_tables(t.id, res, "../plots", cache)
@@ -60,7 +62,8 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
         own += [p for p in papers if t.id in (p.get("refimpl") or []) and p["id"] != t.paper]
         part.pages[techpages.page_path(t.id)] = techpages.technique_page(
             t, techniques[t.id].get("source", ""), from_tech, own,
-            techpages.find_tests(tests, t), body, _read(root, techniques[t.id].get("source", "")))
+            techpages.find_tests(tests, t), body, _read(root, techniques[t.id].get("source", "")),
+            claims.technique_box(t, [c for c in checked if c.technique == t.id], "../claims.md", same_dir))
         part.files.update({f"docs/{k}": v for k, v in charts.items()})
     counts = {t.id: sum(r["technique"] == t.id for r in res.records) for t in techs}
     part.pages[f"{techpages.TECH_DIR}/index.md"] = techpages.index_page(techs, from_tech, counts)
@@ -83,11 +86,13 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
         boards.append({f"Leaderboard: {task}": f"{RESULTS_DIR}/{task}.md"})
     part.pages[f"{RESULTS_DIR}/peers.md"] = peers.peers_page(root)
     part.pages[f"{RESULTS_DIR}/index.md"] = results_index(res, techs)
+    part.pages[claims.PAGE] = claims.claims_page(checked, res.names, {t.id: f"techniques/{t.id}.md" for t in techs})
 
     part.nav = [
         {"Reference implementations": [f"{techpages.TECH_DIR}/index.md"]
          + [{t.name: techpages.page_path(t.id)} for t in techs]},
         {"Results": [f"{RESULTS_DIR}/index.md", *boards, {"Peers panel": f"{RESULTS_DIR}/peers.md"}]},
+        {"Claims checked": claims.PAGE},
     ]
     return part
 

@@ -196,9 +196,10 @@ def find_tests(tests: dict[str, str], tech) -> list[str]:
 
 
 def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], papers: list[dict],
-                   tests: list[str], results_md: str, code: str = "") -> str:
+                   tests: list[str], results_md: str, code: str = "", differences: str = "") -> str:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
-    page, label), for its own section and its papers' sections."""
+    page, label), for its own section and its papers' sections; `differences` is the
+    "Differences from the paper" box (site_gen.claims.technique_box), shown after the explanation."""
     from refimpl.bench.tasks import tasks_of
     sub = sub_links.get(tech.subcategory)
     section = f"[{md_text(sub[1])}]({sub[0]})" if sub else md_text(
@@ -209,6 +210,7 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
              f"{md_code(tech.id)} · {section} · kind {md_code(tech.kind)} · {data} · "
              f"weight bits {bits} · tasks {', '.join(md_code(t) for t in tasks_of(tech))}", "",
              "## What it does", "", docstring_markdown(tech.doc),
+             *([differences, ""] if differences else []),
              "## Usage", "", "```python", usage_snippet(tech).rstrip(), "```", "",
              "From the command line (one measured run, and the benchmark matrix for this technique):", "",
              "```sh", f"python -m refimpl run {tech.id} --task {_cli_task(tech)}",

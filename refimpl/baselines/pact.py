@@ -29,7 +29,7 @@ from torch import nn
 
 from refimpl.core.fakequant import ActQuant, quantize_aware_train
 from refimpl.core.quantizer import fake_quant, qrange
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 class PACTActQuant(ActQuant):
@@ -71,7 +71,18 @@ def alpha_groups(model: nn.Module, lr: float, lr_alpha: float) -> list[dict]:
 
 
 @register(id="pact", name="PACT — learned activation clipping", subcategory="baseline", paper="pact",
-          kind="qat", tasks=("digits-cnn",))
+          kind="qat", tasks=("digits-cnn",),
+          deviations=(
+              Deviation(what="The clipping quantizer sits at each quantized Linear's input instead of replacing the ReLU; "
+                             "α starts at the calibrated maximum (not 10) with its own Adam learning rate.",
+                        why="Same function for non-negative inputs; a short fine-tune needs a good start.",
+                        effect="Equivalent on ReLU outputs; faster convergence of α."),
+          ),
+          claims=(
+              Claim(text="A learned activation clipping level beats plain STE QAT with static ranges at W2A2.",
+                    task="digits-cnn", setting="w2-pc-sym-a2", versus="ste_qat/w2-pc-sym-a2", metric="accuracy",
+                    higher_is_better=True),
+          ))
 def pact(model, cfg, data, *, steps: int = 200, lr: float = 1e-3, lr_alpha: float = 1e-2, alpha_decay: float = 1e-2,
          schedule: str = "cosine"):
     if isinstance(lr_alpha, bool) or not isinstance(lr_alpha, (int, float)) or not lr_alpha > 0:

@@ -20,7 +20,7 @@ import torch
 
 from refimpl.core.calib import map_weights
 from refimpl.core.quantizer import from_groups, to_groups
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 def twn_threshold(W: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,25 @@ def ternarize(W: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
 
 
 @register(id="twn", name="Ternary weights (TWN)", subcategory="baseline", paper="twn",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(2,))
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(2,),
+          deviations=(
+              Deviation(what="Used post-training on a pretrained model; TWN trains the ternary network (QAT with the "
+                             "ternary weights in the forward pass).",
+                        why="The transformer tasks are post-training; no training loop for SmolLM2 on CPU.",
+                        effect="Far worse than the paper's trained ternary networks: a pretrained LLM collapses at ternary."),
+              Deviation(what="One threshold Δ and scale α per output channel (or per group of 64); the paper uses one per layer.",
+                        why="The atlas' shared granularity.",
+                        effect="A finer grid than the paper's: lower weight error."),
+          ),
+          claims=(
+              Claim(text="Ternary weights (a zero level) beat binary weights.",
+                    task="minilm-layers", setting="w2-g64-asym", versus="xnor/w1-g64-asym", metric="layer_rel_err",
+                    higher_is_better=False),
+              Claim(text="Ternary weights (a zero level) beat binary weights on SmolLM2.",
+                    task="smollm2-ppl", setting="w2-g64-asym", versus="xnor/w1-g64-asym", metric="ppl",
+                    higher_is_better=False,
+                    cause="Both collapse without training (perplexity in the millions); the comparison is of two broken models."),
+          ))
 @torch.no_grad()
 def twn(model, cfg, calib):
     map_weights(model, cfg.skip, lambda W: ternarize(W, cfg.group_size))

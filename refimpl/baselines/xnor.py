@@ -20,7 +20,7 @@ import torch
 
 from refimpl.core.calib import map_weights
 from refimpl.core.quantizer import from_groups, to_groups
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 def binary_sign(W: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,23 @@ def binarize(W: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
 
 
 @register(id="xnor", name="Binary weights (XNOR-Net)", subcategory="baseline", paper="xnor-net",
-          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(1,))
+          kind="ptq-weight", tasks=("smollm2-ppl", "minilm-layers"), bits=(1,),
+          deviations=(
+              Deviation(what="Used post-training on a pretrained model; the paper's binary-weight networks are trained "
+                             "(QAT, sign in the forward pass, STE backward).",
+                        why="The transformer tasks are post-training.",
+                        effect="The model collapses; the paper's near-fp accuracy needs training."),
+              Deviation(what="One scale per output channel (or per group of 64); no binarized activations (the XNOR half).",
+                        why="The atlas' shared granularity; weight-only tasks.",
+                        effect="A finer scale than the paper's per-filter α only where groups are used."),
+          ),
+          claims=(
+              Claim(text="Binary weights with the L2-optimal scale keep most of the network's function: tested as 1-bit "
+                         "XNOR against 2-bit RTN, our nearest multi-bit reference.",
+                    task="minilm-layers", setting="w1-g64-asym", versus="rtn/w2-g64-asym", metric="layer_rel_err",
+                    higher_is_better=False,
+                    cause="Post-training binarization without the paper's training."),
+          ))
 @torch.no_grad()
 def xnor(model, cfg, calib):
     map_weights(model, cfg.skip, lambda W: binarize(W, cfg.group_size))

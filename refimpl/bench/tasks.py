@@ -197,7 +197,10 @@ class DigitsCNNTask(Task):
     # distilled (zeroq), QDrop's drop probability at its extremes (p=0: always quantized, BRECQ-like;
     # p=1: never), AdaRound with enough iterations for 2-bit rounding to move, KURE used inside QAT
     VARIANTS = {"zeroq": ({"source": "real"},), "qdrop": ({"p": 0.0}, {"p": 1.0}),
-                "adaround": ({"iters": 1000},), "kure": ({"qat": True},)}
+                "adaround": ({"iters": 1000},), "kure": ({"qat": True},),
+                # DFQ's components: the paper's per-tensor grid, with and without equalization
+                "dfq": ({"per_tensor": True}, {"per_tensor": True, "equalize": False, "absorb": False},
+                        {"equalize": False, "absorb": False})}
 
     def __init__(self):
         super().__init__()

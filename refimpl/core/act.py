@@ -2,8 +2,9 @@
 
 `QLinear` wraps a Linear whose weight has already been (fake-)quantized and quantizes its
 input on the fly:  y = Q_a(x · diag(1/m)) · Ŵᵀ + b, where m is an optional per-input-channel
-smoothing factor (SmoothQuant; ones otherwise) and Q_a is a per-token dynamic or a per-tensor
-static min-max quantizer.
+smoothing factor (SmoothQuant; ones otherwise) and Q_a is a dynamic min-max quantizer: its
+range is measured on each input as it arrives, one per token row or one for the whole tensor
+(`per_token=False`). Neither is static: no range is calibrated ahead of time.
 """
 from __future__ import annotations
 

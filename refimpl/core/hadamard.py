@@ -9,8 +9,9 @@ QuaRot uses to remove outliers). Two classical constructions are combined:
                 Jacobsthal core built from the quadratic character χ of GF(q)   (sizes q+1)
     Kronecker:  H_a ⊗ H_b is Hadamard of size a·b
 
-so every n = (q+1)·2^k or 2^k is covered, e.g. 384 = 12·32, 576 = 12·48 = 12·12·4 and
-1536 = 12·128 (q = 11 gives H_12).
+so every n = (q+1)·2^k or 2^k is covered, with one Paley factor at most (`_factor` tries the
+largest power of two first), e.g. 384 = 12·32 and 1536 = 12·128 (q = 11 gives H_12), and
+576 = 72·8 (q = 71): 576 = 12·48 is not used, 48 not being a power of two.
 """
 from __future__ import annotations
 

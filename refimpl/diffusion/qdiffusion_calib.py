@@ -29,7 +29,7 @@ import torch
 
 from refimpl.core.calib import accumulate_hessians, find_linears, run_model
 from refimpl.core.fakequant import ActQuant, prepare
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.diffusion._common import by_step, mse_range, quantized_layers, step_statistics, subsample, trajectory
 from refimpl.scale_zero.mse_clip import mse_clip_quantize
 
@@ -62,7 +62,21 @@ def static_ranges(model, pairs: list, layers: dict, bits: int, rows: int = 16384
 
 
 @register(id="qdiffusion_calib", name="Q-Diffusion time-step-aware calibration", subcategory="3.7.2",
-          paper="q-diffusion", kind="diffusion", tasks=("digits-ddpm",), needs_calib=True)
+          paper="q-diffusion", kind="diffusion", tasks=("digits-ddpm",), needs_calib=True,
+          deviations=(
+              Deviation(what="No shortcut splitting: the U-Net's skip concatenation is quantized as one tensor, although "
+                             "its two halves have very different ranges.",
+                        why="Kept to one quantizer per layer input, as for every other technique.",
+                        effect="Larger activation error at the concatenation than with Q-Diffusion's split quantizers."),
+              Deviation(what="Output-aware range clipping (mse_clip's search) instead of BRECQ/AdaRound block reconstruction.",
+                        why="CPU budget; the technique is about the calibration set.",
+                        effect="Both calibration sets drive the same quantizer, so the comparison isolates the set."),
+          ),
+          claims=(
+              Claim(text="A calibration set spread uniformly over the time steps beats a single-step set at W4A8.",
+                    task="digits-ddpm", setting="w4-pc-sym-a8", versus="qdiffusion_calib/w4-pc-sym-a8-scheme=single",
+                    metric="digits_fd", higher_is_better=False),
+          ))
 @torch.no_grad()
 def qdiffusion_calib(model, cfg, data, *, scheme: str = "uniform", n_pairs: int = 800, single_step: int = -1,
                      grid: int = 50, hessian_pairs: int = 200):

@@ -31,7 +31,7 @@ from torch import nn
 from refimpl.core.calib import map_weights
 from refimpl.core.fakequant import prepare
 from refimpl.core.quantizer import fake_quant, minmax_qparams, quantize_weight
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.diffusion._common import mse_range, quantized_layers, step_statistics
 
 
@@ -78,7 +78,18 @@ def fit_step_ranges(model: nn.Module, pairs: list, layers: dict, bits: int, fit:
 
 
 @register(id="tdq", name="TDQ — time-step-dependent activation quantization", subcategory="3.7.3",
-          paper="tdq", kind="diffusion", tasks=("digits-ddpm",), needs_calib=True)
+          paper="tdq", kind="diffusion", tasks=("digits-ddpm",), needs_calib=True,
+          deviations=(
+              Deviation(what="The per-step intervals are a lookup table fitted by a range search, not an MLP on a frequency "
+                             "encoding of t trained with the quantized network; no interpolation between steps.",
+                        why="The sampler's steps are fixed, so a table holds every value the MLP would output; no QAT on CPU.",
+                        effect="Same inference cost; the intervals are fitted, not trained end to end."),
+          ),
+          claims=(
+              Claim(text="Time-step-dependent activation intervals beat static ranges at W4A4.",
+                    task="digits-ddpm", setting="w4-pc-sym-a4", versus="rtn/w4-pc-sym-a4", metric="digits_fd",
+                    higher_is_better=False),
+          ))
 @torch.no_grad()
 def tdq(model, cfg, data, *, fit: str = "mse", grid: int = 50):
     if fit not in ("mse", "minmax"):

@@ -34,7 +34,7 @@ from refimpl.core.grid import record
 from refimpl.core.act import set_module
 from refimpl.core.calib import find_linears
 from refimpl.core.quantizer import qrange
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 def fixed_codes(x: torch.Tensor, bits: int, f: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,24 @@ class FixedPointLinear(nn.Module):
 
 @register(id="fixed_point", name="Fixed-point (power-of-two scales)", subcategory="3.6.2", paper="f8net",
           kind="ptq-weight-act", tasks=("smollm2-ppl", "minilm-layers"), bits=tuple(range(2, 17)),
-          channel_sym_only=True)
+          channel_sym_only=True,
+          deviations=(
+              Deviation(what="Fractional lengths are searched post-training on the weight error; F8Net derives them from the "
+                             "weights' standard deviation and trains them in QAT.",
+                        why="The transformer tasks are post-training.",
+                        effect="Power-of-two steps lose up to half a step of resolution without training to compensate."),
+              Deviation(what="Activations (with act_bits) get one dynamic per-tensor fractional length, not per-layer "
+                             "statically trained ones.",
+                        why="No training loop on these tasks.",
+                        effect="A dynamic range is kinder to activations than the paper's fixed one."),
+          ),
+          claims=(
+              Claim(text="Power-of-two (fixed-point) scales cost little against arbitrary scales at 4 bits.",
+                    task="minilm-layers", setting="w4-pc-sym", versus="rtn/w4-pc-asym", metric="layer_rel_err",
+                    higher_is_better=False,
+                    cause="F8Net's claim is at 8 bits with QAT; at 4 bits post-training a power-of-two step is up to 2x too "
+                          "coarse, and the versus grid is asymmetric."),
+          ))
 @torch.no_grad()
 def fixed_point(model, cfg, calib):
     """Weights to b-bit fixed point per channel; with act_bits, inputs to dynamic fixed point."""

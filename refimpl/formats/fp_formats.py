@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.calib import find_linears
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 from refimpl.formats.api import FLOAT_SPECS, check_format, format_bits, quantize
 from refimpl.formats.mx import MX_BLOCK, MX_ELEMENTS
 
@@ -57,7 +57,24 @@ def block_for(fmt: str, group_size: int | None, in_features: int) -> int:
 
 
 @register(id="fp_formats", name="FP8 / FP4 / MX weights", subcategory="3.6.1", paper="fp8-formats",
-          kind="format", tasks=("smollm2-ppl", "minilm-layers"), bits=(4, 8))
+          kind="format", tasks=("smollm2-ppl", "minilm-layers"), bits=(4, 8),
+          deviations=(
+              Deviation(what="Scaled per output channel or per group of 64; the paper scales per tensor. Weights only, "
+                             "activations stay in floating point.",
+                        why="The granularity every other technique here uses; weight-only tasks.",
+                        effect="Lower error than per-tensor FP8; the paper's activation results are not tested."),
+          ),
+          claims=(
+              Claim(text="FP8 (E4M3) weights lose almost nothing: as good as INT8 weights with 8-bit activations.",
+                    task="minilm-layers", setting="w8-g64-asym", versus="rtn/w8-pc-sym-a8", metric="layer_rel_err",
+                    higher_is_better=False,
+                    cause="The versus cell also quantizes activations, so it is not the same setting."),
+              Claim(text="A float grid fits bell-shaped weights better than a uniform integer grid at 4 bits.",
+                    task="smollm2-ppl", setting="w4-g64-asym", versus="rtn/w4-g64-asym", metric="ppl",
+                    higher_is_better=False,
+                    cause="E2M1 has only 15 values with absmax scaling; asymmetric min-max INT4 per 64 weights uses all 16 "
+                          "levels over the group's actual range."),
+          ))
 @torch.no_grad()
 def fp_formats(model, cfg, calib, *, fmt: str | None = None):
     """Cast every Linear weight to `fmt` (default: fp8_e4m3 for bits=8, fp4_e2m1 for bits=4)."""

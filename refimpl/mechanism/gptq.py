@@ -34,7 +34,7 @@ import torch
 from refimpl.core.layerwise import for_each_layer
 from refimpl.core.grid import record_if_param
 from refimpl.core.quantizer import fake_quant, minmax_qparams, quantize_weight, to_groups
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 def damped_Hinv_chol(H: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -110,7 +110,17 @@ def _current_group(W, W1, Err1, U, b1, i, b2, g):
 
 
 @register(id="gptq", name="GPTQ", subcategory="3.2.3", paper="gptq", kind="ptq-weight",
-          tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True)
+          tasks=("smollm2-ppl", "minilm-layers", "digits-cnn"), needs_calib=True,
+          deviations=(
+              Deviation(what="No packed storage or fused kernels: weights are stored dequantized.",
+                        why="The reference shows the algorithm; speed is not measured here.",
+                        effect="None on accuracy."),
+          ),
+          claims=(
+              Claim(text="Second-order error compensation beats round-to-nearest at 3-bit g64.",
+                    task="smollm2-ppl", setting="w3-g64-asym", versus="rtn/w3-g64-asym", metric="ppl",
+                    higher_is_better=False),
+          ))
 @torch.no_grad()
 def gptq(model, cfg, calib, *, blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False):
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from refimpl.core.fakequant import quantize_aware_train
-from refimpl.core.registry import register
+from refimpl.core.registry import Claim, Deviation, register
 
 
 def distillation_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alpha: float, T: float) -> torch.Tensor:
@@ -39,7 +39,17 @@ def distillation_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, alp
 
 
 @register(id="kd_qat", name="QAT with knowledge distillation (Apprentice)", subcategory="3.2.2",
-          paper="apprentice", kind="qat", tasks=("digits-cnn",))
+          paper="apprentice", kind="qat", tasks=("digits-cnn",),
+          deviations=(
+              Deviation(what="The teacher is the student's own fp32 architecture, and training is a short Adam fine-tune.",
+                        why="One model per task; full training does not fit the CPU budget.",
+                        effect="Less teacher knowledge to transfer than with the paper's wider teachers."),
+          ),
+          claims=(
+              Claim(text="Distilling from the full-precision teacher beats plain STE QAT at W2A2.",
+                    task="digits-cnn", setting="w2-pc-sym-a2", versus="ste_qat/w2-pc-sym-a2", metric="accuracy",
+                    higher_is_better=True),
+          ))
 def kd_qat(model, cfg, data, *, steps: int = 200, lr: float = 3e-3, alpha: float = 0.5, temperature: float = 1.0,
            schedule: str = "cosine"):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:

@@ -52,20 +52,49 @@ def test_mean_error_is_exactly_zero_on_the_calibration_inputs(acts):
     assert err.abs().max() < 1e-4 * layer(X).abs().mean()
 
 
-def test_whole_model_correction_is_sequential(minilm):
-    """Every Linear's correction cancels its mean error on the inputs it sees in the final,
-    quantized and corrected model — which holds only if each layer was calibrated after the
-    layers before it."""
+@pytest.mark.parametrize("reference", ["float", "own"])
+def test_whole_model_correction_is_sequential(minilm, reference):
+    """Every Linear's output mean in the final, quantized and corrected model equals its target —
+    the float model's output mean (the paper's empirical correction), or with reference="own"
+    the float weights applied to the same quantized inputs. Either holds only if each layer was
+    calibrated after the layers before it."""
     model, _, calib, _ = minilm
-    q = refimpl.quantize(copy.deepcopy(model), "bias_correction", bits=3, group_size=64, calib=calib)
+    q = refimpl.quantize(copy.deepcopy(model), "bias_correction", bits=3, group_size=64, calib=calib,
+                         reference=reference)
     fp_layers, q_layers = find_linears(model), find_linears(q)
     X = capture_inputs(lambda: [run_model(q, b) for b in calib], q_layers)
+    X_fp = capture_inputs(lambda: [run_model(model, b) for b in calib], fp_layers)
     for name, lq in q_layers.items():
         lf = fp_layers[name]
         with torch.no_grad():
-            shift = (lq(X[name]) - lf(X[name])).double().mean(0)
+            target = lf(X_fp[name] if reference == "float" else X[name]).double().mean(0)
+            shift = lq(X[name]).double().mean(0) - target
         scale = lf(X[name]).abs().mean()
         assert shift.abs().max() < 1e-3 * scale, name
+
+
+def test_float_reference_removes_the_inherited_shift(minilm):
+    """Against the float model, the own-shift variant leaves the mean error inherited from earlier
+    layers in the last layer's output; the float reference removes it."""
+    model, _, calib, _ = minilm
+    name = "encoder.layer.5.output.dense"
+    fp_out = capture_inputs(lambda: [run_model(model, b) for b in calib], {name: model.get_submodule(name)})
+
+    def last_mean_error(reference):
+        q = refimpl.quantize(copy.deepcopy(model), "bias_correction", bits=3, group_size=64, calib=calib,
+                             reference=reference)
+        layer = q.get_submodule(name)
+        X = capture_inputs(lambda: [run_model(q, b) for b in calib], {name: layer})[name]
+        with torch.no_grad():
+            return (layer(X).double().mean(0) - model.get_submodule(name)(fp_out[name]).double().mean(0)).norm()
+
+    assert last_mean_error("float") < 0.1 * last_mean_error("own")
+
+
+def test_unknown_reference_is_refused():
+    with pytest.raises(ValueError, match="reference"):
+        refimpl.quantize(nn.Sequential(nn.Linear(4, 4)), "bias_correction", bits=4, calib=[torch.randn(8, 4)],
+                         reference="upstream")
 
 
 def test_creates_a_bias_when_there_is_none():

@@ -98,11 +98,26 @@ def test_reconstruction_loss_falls_and_ends_below_round_to_nearest(block2):
     assert learned < 0.7 * full_quant_loss()
 
 
-def test_qdrop_beats_the_harness_adaround_at_w2a4(fp):
+@pytest.fixture(scope="module")
+def w2a4_accuracy(fp):
+    """Test accuracy of QDrop at W2A4 with its defaults (learned step sizes), by drop probability p."""
+    model, split, calib = fp
+    return {p: digits.accuracy(qdrop(copy.deepcopy(model), W2A4, TaskData(calib=calib), p=p), split["test"])
+            for p in (0.0, 0.5)}
+
+
+def test_dropping_with_p_half_against_always_quantizing_at_w2a4(w2a4_accuracy):
+    """Documents what is measured, not the paper's claim (p = ½ best): on the digits CNN at W2A4,
+    reconstructing with every activation quantized (p = 0, BRECQ-like) beats p = ½ by more than
+    five points (0.956 vs 0.831, the w2-pc-sym-a4 records). See the qdrop page's claim."""
+    assert w2a4_accuracy[0.0] > w2a4_accuracy[0.5] + 0.05
+
+
+def test_qdrop_beats_the_harness_adaround_at_w2a4(fp, w2a4_accuracy):
     """The harness's AdaRound (200 iterations, reconstruction blind to activations, ranges added
     afterwards) stays near RTN at W2A4; QDrop's block reconstruction does not."""
     model, split, calib = fp
-    acc_qdrop = digits.accuracy(qdrop(copy.deepcopy(model), W2A4, TaskData(calib=calib)), split["test"])
+    acc_qdrop = w2a4_accuracy[0.5]
     ada = refimpl.quantize(copy.deepcopy(model), "adaround", bits=2, sym=True, calib=calib)
     quantize_activations(ada, 4, calib)
     assert acc_qdrop > digits.accuracy(ada, split["test"]) + 0.2

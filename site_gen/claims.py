@@ -1,0 +1,161 @@
+"""The paper's claims, checked against our records, and each technique's declared deviations.
+
+Every registered technique states (refimpl.core.registry) how it departs from its paper
+(`deviations`) and which claim of its paper our tasks can test (`claims`). This module turns
+those into Markdown: a "Differences from the paper" box for the technique page and one
+"Claims checked" table for the whole atlas. A verdict is never typed by hand: it is computed
+by `refimpl.bench.stats.compare` from the records of the two cells, over their seeds (the base
+record `<setting>.json` is seed 0, siblings `<setting>-seed<N>.json` are seed N).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from site_gen.render import md_code, md_text
+
+PAGE = "generated/claims.md"
+NOT_MEASURED = "not measured"
+# compare()'s verdict -> the words the site shows
+VERDICTS = {"better": "confirmed", "worse": "not confirmed",
+            "tie": "inconclusive (intervals overlap)",
+            "unknown": "inconclusive (no interval: one seed, no per-example data)"}
+_SEED = re.compile(r"-seed(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One claim of one technique with what the records say about it."""
+    technique: str
+    claim: object                  # refimpl.core.registry.Claim
+    ours: float | None             # mean of the metric over the paired seeds (None: no record)
+    theirs: float | None
+    seeds: int                     # how many seed runs the compared cells have (the fewer of the two)
+    verdict: str                   # one of VERDICTS' values, or NOT_MEASURED
+    interval: tuple[float, float, float] | None = None   # (ours − theirs, low, high) when one exists
+
+    @property
+    def lean(self) -> str:
+        """Which way the point values go, whatever the interval says: "better", "worse" or "equal"."""
+        if self.ours is None or self.theirs is None or self.ours == self.theirs:
+            return "equal" if self.ours is not None else ""
+        return "better" if (self.ours > self.theirs) == self.claim.higher_is_better else "worse"
+
+
+def cell_records(records: list[dict], task: str, technique: str, setting: str) -> dict[int, dict]:
+    """Seed -> record of one cell: `setting` itself and its `-seed<N>` siblings."""
+    out = {}
+    for rec in records:
+        if rec["task"] != task or rec["technique"] != technique:
+            continue
+        name = rec["setting"]
+        seed = _SEED.search(name)
+        if seed and name[:seed.start()] == setting:
+            out[int(seed.group(1))] = rec
+        elif name == setting:
+            out[0] = rec
+    return out
+
+
+def _has_metric(rec: dict, metric: str) -> bool:
+    value = rec["metrics"].get(metric)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check(technique: str, claim, records: list[dict]) -> Checked:
+    """The verdict of `claim` of `technique`: its cell against `claim.versus`, paired by seed."""
+    from refimpl.bench.stats import compare, seed_runs
+    other, _, other_setting = claim.versus.partition("/")
+    ours = cell_records(records, claim.task, technique, claim.setting)
+    theirs = cell_records(records, claim.task, other, other_setting)
+    seeds = sorted(s for s in set(ours) & set(theirs)
+                   if _has_metric(ours[s], claim.metric) and _has_metric(theirs[s], claim.metric))
+    if not seeds:
+        return Checked(technique, claim, None, None, 0, NOT_MEASURED)
+    a = [ours[s] for s in seeds]
+    b = [theirs[s] for s in seeds]
+    result = compare(a, b, claim.metric, claim.higher_is_better)
+    mean = lambda recs: sum(r["metrics"][claim.metric] for r in recs) / len(recs)  # noqa: E731
+    interval = None if result.verdict == "unknown" else (result.diff, result.lo, result.hi)
+    return Checked(technique, claim, mean(a), mean(b), min(len(seed_runs(a)), len(seed_runs(b))),
+                   VERDICTS[result.verdict], interval)
+
+
+def check_all(techs: list, records: list[dict]) -> list[Checked]:
+    """Every claim of every technique, in registry order."""
+    return [check(t.id, c, records) for t in techs for c in t.claims]
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _value(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def _versus(claim, links: dict[str, str]) -> str:
+    other, _, setting = claim.versus.partition("/")
+    name = f"[{md_text(other)}]({links[other]})" if other in links else md_code(other)
+    return f"{name} {md_code(setting)}"
+
+
+def _values(c: Checked) -> str:
+    seeds = f", {c.seeds} seeds" if c.seeds > 1 else ""
+    lean = f" ({c.lean} on the point values{seeds})" if c.lean else ""
+    diff = f"; difference {c.interval[0]:+.3g} [{c.interval[1]:+.3g}, {c.interval[2]:+.3g}]" if c.interval else ""
+    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{lean}{diff}"
+
+
+def _cause(c: Checked) -> str:
+    # a cause only explains a claim that did not come out confirmed
+    return md_text(c.claim.cause) if c.claim.cause and c.verdict != VERDICTS["better"] else ""
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return [("    " + line).rstrip() for line in lines]
+
+
+def technique_box(tech, checked: list[Checked], claims_link: str, links: dict[str, str]) -> str:
+    """The "Differences from the paper" admonition of a technique page: its deviations, then
+    its claims with their verdicts. `links` maps technique id -> page link from this page."""
+    body: list[str] = []
+    if tech.deviations is None:
+        body.append("_Not reviewed yet._")
+    elif not tech.deviations:
+        body.append("Reviewed: none. The module follows the paper's method.")
+    else:
+        for d in tech.deviations:
+            body.append(f"- **{md_text(d.what)}** Why: {md_text(d.why)} Effect: {md_text(d.effect)}")
+    body.append("")
+    body.append(f"**The paper's claim, checked** ([all claims]({claims_link})):")
+    body.append("")
+    for c in checked:
+        cause = _cause(c)
+        body.append(f"- {md_text(c.claim.text)} — {md_code(c.claim.task)} {md_code(c.claim.setting)} "
+                    f"vs {_versus(c.claim, links)}: {_values(c)} → **{md_text(c.verdict)}**"
+                    + (f". Likely cause: {cause}" if cause else ""))
+    if not checked:
+        body.append("- _No claim stated._")
+    kind = "warning" if tech.deviations else "note"
+    return "\n".join([f'!!! {kind} "Differences from the paper"', ""] + _indent(body)) + "\n"
+
+
+def claims_page(checked: list[Checked], names: dict[str, str], links: dict[str, str]) -> str:
+    """One table for the whole atlas: technique, claim, task/setting, ours vs versus, verdict, cause."""
+    counts = {v: sum(c.verdict == v for c in checked) for v in [*VERDICTS.values(), NOT_MEASURED]}
+    summary = ", ".join(f"{n} {md_text(v)}" for v, n in counts.items() if n)
+    lines = ["# Claims checked", "",
+             "Each technique states a claim of its paper that our tasks can test; the verdict is computed "
+             "from the records by a paired comparison (`refimpl.bench.stats.compare`): *confirmed* or "
+             "*not confirmed* only when the interval of the difference excludes zero, *inconclusive* "
+             "otherwise. With one seed and no per-example data there is no interval, so the point values "
+             "are shown but the verdict stays inconclusive.", "",
+             f"{len(checked)} claims: {summary or 'none'}.", "",
+             "| Technique | Claim | Task / setting | Ours vs versus | Verdict | Likely cause |",
+             "|---|---|---|---|---|---|"]
+    for c in checked:
+        tech = (f"[{md_text(names.get(c.technique, c.technique))}]({links[c.technique]})"
+                if c.technique in links else md_code(c.technique))
+        lines.append(f"| {tech} | {md_text(c.claim.text)} | {md_code(c.claim.task)} {md_code(c.claim.setting)} "
+                     f"vs {_versus(c.claim, links)} | {_values(c)} | {md_text(c.verdict)} | {_cause(c)} |")
+    return "\n".join(lines) + "\n"
