@@ -151,6 +151,7 @@ def dependency_files(technique) -> list[Path]:
             if isinstance(owner, str) and owner.startswith("refimpl.") and owner not in seen:
                 todo.append(owner)
     seen.discard("refimpl.core.registry")  # bookkeeping only: it never changes a number
+    seen.difference_update(_BOOKKEEPING_MODULES)
     files = {Path(sys.modules[n].__file__).resolve() for n in seen if getattr(sys.modules[n], "__file__", None)}
     return sorted(files)
 
@@ -166,21 +167,40 @@ def code_sha256(technique) -> str:
 
 # ---------------------------------------------------------------- same computation, other text
 
-def _is_metadata_call(node) -> bool:
+_METADATA_CALLS = ("register", "Deviation", "Claim")          # what a technique says about itself
+_BOOKKEEPING_CALLS = ("record", "record_if_param", "forget")  # refimpl.core.gridtag: grids kept for export
+_BOOKKEEPING_MODULES = ("refimpl.core.gridtag",)
+
+
+def _is_metadata_call(node, names=_METADATA_CALLS) -> bool:
     """A call of register / Deviation / Claim: what a technique says about itself, not what it computes."""
     import ast
     func = node.func if isinstance(node, ast.Call) else None
     name = getattr(func, "id", None) or getattr(func, "attr", None)
-    return name in ("register", "Deviation", "Claim")
+    return name in names
+
+
+def _bookkeeping(st) -> bool:
+    """A statement that only records a grid for export (or imports the recorder): never a number."""
+    import ast
+    if isinstance(st, ast.Expr):
+        return _is_metadata_call(st.value, _BOOKKEEPING_CALLS)
+    return isinstance(st, ast.ImportFrom) and st.module in _BOOKKEEPING_MODULES + ("refimpl.core.registry",)
 
 
 def semantic_source(text: str) -> str:
     """The computation a module defines: its AST without docstrings, comments, `@register(...)`
-    decorators and module-level Deviation/Claim statements. Two versions of a file that differ
+    decorators, module-level Deviation/Claim statements and grid bookkeeping (recording the grid a
+    technique chose, for export). Two versions of a file that differ
     only there compute the same numbers."""
     import ast
     tree = ast.parse(text)
     for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if isinstance(stmts, list) and any(isinstance(st, ast.stmt) and _bookkeeping(st) for st in stmts):
+                setattr(node, field, [st for st in stmts if not _bookkeeping(st)] or
+                        ([ast.Pass()] if field == "body" else []))
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and body:
             if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from refimpl.core.gridtag import _ATTR, forget, record, record_if_param, recorded  # noqa: F401 (re-exported)
 from refimpl.core.quantizer import qrange, to_groups
-
-_ATTR = "_refimpl_qparams"   # attribute on the weight Parameter: (s, z, bits, group_size, sym)
 
 
 @dataclass(frozen=True)
@@ -49,31 +48,6 @@ class Grid:
         """Ŵ = s·(q − z) per group, in the scale's dtype (the same arithmetic the techniques use)."""
         q = to_groups(self.codes.to(self.scale.dtype), self.group_size)
         return (self.scale.unsqueeze(-1) * (q - self.zero.unsqueeze(-1))).reshape(self.codes.shape)
-
-
-def record(weight: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, group_size: int | None,
-           sym: bool) -> None:
-    """Attach the grid (s, z `[out, in/g]` or `[out, in/g, 1]`) a technique quantized `weight` on."""
-    out_f = weight.shape[0]
-    setattr(weight, _ATTR, (s.detach().reshape(out_f, -1).clone(), z.detach().reshape(out_f, -1).clone(),
-                            bits, group_size, sym))
-
-
-def record_if_param(W: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, group_size: int | None,
-                    sym: bool) -> None:
-    """`record` when W is a model's parameter: the pure quantize functions stay pure on plain tensors,
-    and a technique that writes their result back into the layer gets the grid recorded for free."""
-    if isinstance(W, nn.Parameter):
-        record(W, s, z, bits, group_size, sym)
-
-
-def forget(weight: torch.Tensor) -> None:
-    if hasattr(weight, _ATTR):
-        delattr(weight, _ATTR)
-
-
-def recorded(layer: nn.Module) -> bool:
-    return hasattr(getattr(layer, "weight", None), _ATTR)
 
 
 def codes_for(W: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int | None) -> torch.Tensor:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from refimpl.core.gridtag import record_if_param
+
 
 def qrange(bits: int, sym: bool) -> tuple[int, int]:
     """Smallest and largest integer code."""
@@ -94,7 +96,6 @@ def quantize_weight(W: torch.Tensor, bits: int, group_size: int | None = None, s
     """Round-to-nearest min-max quantization of a `[out, in]` weight; returns the dequantized weight.
 
     Handed a model's parameter, it also records the grid on it (see refimpl.core.grid)."""
-    from refimpl.core.grid import record_if_param   # grid builds on this module: import at call time
     Wg = to_groups(W, group_size)
     s, z = minmax_qparams(Wg, bits, sym)
     record_if_param(W, s, z, bits, group_size, sym)

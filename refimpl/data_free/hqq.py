@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.calib import find_linears
-from refimpl.core.grid import record_if_param
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import from_groups, qrange, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refimpl.core.grid import record
+from refimpl.core.gridtag import record
 from refimpl.core.act import set_module
 from refimpl.core.calib import find_linears
 from refimpl.core.quantizer import qrange

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.layerwise import for_each_layer
-from refimpl.core.grid import record_if_param
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import fake_quant, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 

@@ -39,7 +39,7 @@ import torch
 
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.core.layerwise import for_each_layer
-from refimpl.core.grid import record_if_param
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import from_groups, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from refimpl.core.calib import capture_inputs, find_linears, sequential_blocks
-from refimpl.core.grid import record_if_param
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 from refimpl.redistribution._llama import norm_groups, scale_norm

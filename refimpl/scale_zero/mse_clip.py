@@ -27,7 +27,7 @@ import torch
 
 from refimpl.core.calib import find_linears
 from refimpl.core.layerwise import for_each_layer
-from refimpl.core.grid import record_if_param
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 

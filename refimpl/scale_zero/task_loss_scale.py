@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from refimpl.core.calib import find_linears, run_model
-from refimpl.core.grid import record
+from refimpl.core.gridtag import record
 from refimpl.core.quantizer import fake_quant, fake_quant_ste, from_groups, minmax_qparams, to_groups
 from refimpl.core.registry import Claim, Deviation, register
 from refimpl.scale_zero.mse_clip import clip_qparams
