@@ -11,6 +11,10 @@ import html
 import re
 from urllib.parse import quote, urlsplit
 
+
+class BuildError(Exception):
+    """Input the generator cannot render; the message names the file and field."""
+
 # Characters with a meaning in Python-Markdown or GitHub Markdown inside a line. `<`, `>` and
 # `&` become entities because Python-Markdown does not treat `\<` as an escape (the backslash
 # would stay and `<script>` would pass through as raw HTML); `|` becomes an entity so that it

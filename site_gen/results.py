@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from site_gen import plots
-from site_gen.render import md_text
+from site_gen.render import BuildError, md_text
 
 REQUIRED = ("technique", "task", "setting", "config", "metrics", "fp_baseline", "provenance", "timing")
 CONFIG_KEYS = ("bits", "group_size", "sym", "act_bits")
@@ -34,7 +34,6 @@ INTERVAL_NOTE = ("Values are means over the cell's seeds; ± is the larger half 
 
 
 def _build_error(message: str) -> Exception:
-    from site_gen.build import BuildError   # imported late: build imports this module
     return BuildError(message)
 
 
