@@ -52,11 +52,17 @@ def record_path(root: Path, task: str, technique: str, setting: str) -> Path:
     return Path(root) / task / technique / f"{setting}.json"
 
 
+# a JSON array whose items are all numbers, as json.dumps(indent=2) lays it out over many lines
+_NUMBER_ARRAY = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON (sorted keys, trailing newline) via a temporary file and os.replace."""
+    """Write JSON (sorted keys, trailing newline) via a temporary file and os.replace. Arrays of
+    numbers (per-example data: hundreds of 0/1) stay on one line, so records remain readable diffs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = _NUMBER_ARRAY.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                             json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
