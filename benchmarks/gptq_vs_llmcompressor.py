@@ -1,11 +1,15 @@
 """GPTQ: ours vs llm-compressor's GPTQModifier, identical setup on CPU.
 
 SmolLM2-135M fp32, 4-bit symmetric, group 64, 16×256 calibration tokens (seed 0, drawn from the
-non-Tempest works), damping 0.01, block 128, no act-order; perplexity on the held-out Tempest
-tokens of the smollm2-ppl task. llm-compressor runs in its own venv (benchmarks/setup_peers.sh)
-as a subprocess that receives the same fp32 checkpoint, calibration and evaluation tokens.
+non-Tempest works), damping 0.01, block 128, no act-order, on llm-compressor's symmetric grid
+(s = max|w|/7.5, codes −8..7: our `sym_range="full"`); perplexity on the held-out evaluation
+tokens of the smollm2-ppl task, with 95% bootstrap intervals over its 64-token blocks and a paired
+interval of the difference. llm-compressor runs in its own venv (benchmarks/setup_peers.sh) as a
+subprocess that receives the same fp32 checkpoint, calibration and evaluation tokens.
+`--ablations` also runs our GPTQ one factor away from that setting (our default grid; the peer's
+group-scale timing), in the same run.
 
-    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py [--peer-python PATH]
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py [--peer-python PATH] [--ablations]
 """
 from __future__ import annotations
 
@@ -21,18 +25,20 @@ from pathlib import Path
 BITS, GROUP, SYM, CALIB_N, CALIB_SEQ, SEED = 4, 64, True, 16, 256, 0
 
 
-def perplexity(model, tokens) -> float:
-    """exp(mean next-token NLL) over the rows of `tokens` (the same formula as the task)."""
-    import math
+def block_nll(model, tokens, block: int) -> dict:
+    """Per-block next-token NLL sums, as the smollm2-ppl task's `evaluate` returns them (`per_example`).
 
+    Written out here because the worker runs in the peers' venv, without refimpl."""
     import torch
-    total, count = 0.0, 0
+    nll_sum, count = [], []
     with torch.no_grad():
         for row in tokens:
             logits = model(input_ids=row[None], use_cache=False).logits.float()
-            total += torch.nn.functional.cross_entropy(logits[0, :-1], row[1:], reduction="sum").item()
-            count += row.numel() - 1
-    return math.exp(total / count)
+            nll = torch.nn.functional.cross_entropy(logits[0, :-1], row[1:], reduction="none").double()
+            for part in nll.split(block):
+                nll_sum.append(part.sum().item())
+                count.append(part.numel())
+    return {"nll_sum": nll_sum, "tokens": count}
 
 
 def worker(folder: Path) -> None:
@@ -58,8 +64,8 @@ def worker(folder: Path) -> None:
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=CALIB_N, max_seq_length=CALIB_SEQ,
             shuffle_calibration_samples=False)
     seconds = time.perf_counter() - t0
-    ppl = perplexity(model, inputs["eval"])
-    print(json.dumps({"seconds": seconds, "ppl": ppl, "version": llmcompressor.__version__,
+    per_example = block_nll(model, inputs["eval"], inputs["block"])
+    print(json.dumps({"seconds": seconds, "per_example": per_example, "version": llmcompressor.__version__,
                       "transformers": __import__("transformers").__version__,
                       "threads": torch.get_num_threads()}))
 
@@ -69,10 +75,28 @@ def default_peer_python() -> str:
     return os.environ.get("PEERS_PYTHON") or str(here)
 
 
+# our GPTQ at the benchmark's setting, then (with --ablations) one factor away from it
+OURS = {"ours": {"sym_range": "full"}}
+ABLATIONS = {"ours_restricted_grid": {"sym_range": "restricted"},
+             "ours_static_groups": {"sym_range": "full", "static_groups": True}}
+
+
+def summary(ex: dict, seconds: float | None = None) -> dict:
+    from refimpl.bench.stats import bootstrap_ci
+    import math
+    ppl = math.exp(sum(ex["nll_sum"]) / sum(ex["tokens"]))
+    lo, hi = bootstrap_ci(ex, "ppl")
+    out = {"ppl": ppl, "ppl_ci95": [lo, hi]}
+    if seconds is not None:
+        out["seconds"] = round(seconds, 2)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peer-python", default=default_peer_python(),
                    help="python of the venv with llmcompressor (default benchmarks/.venv-peers or $PEERS_PYTHON)")
+    p.add_argument("--ablations", action="store_true", help="also run our GPTQ one factor away from the setting")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -88,41 +112,70 @@ def main() -> int:
 
     import refimpl
     from refimpl.bench.models import smollm2_cache_path
+    from refimpl.bench.stats import paired_bootstrap
     threads = int(os.environ.get("ATLAS_THREADS", torch.get_num_threads()))
     torch.set_num_threads(threads)
+    load = {"start": os.getloadavg()}
     task, fp = smollm2()
     calib, eval_tokens = task.calib(SEED, CALIB_N, CALIB_SEQ), task.eval_tokens()
-    fp_ppl = perplexity(fp, eval_tokens)
+    fp_ex = task.evaluate(fp)["per_example"]
 
-    torch.manual_seed(SEED)
-    model = copy.deepcopy(fp)
-    with Timer() as t:
-        refimpl.quantize(model, "gptq", bits=BITS, group_size=GROUP, sym=SYM, calib=calib)
-    ours = {"seconds": round(t.s, 2), "ppl": perplexity(model, eval_tokens)}
-    del model
+    ours, examples = {}, {}
+
+    def run_ours(name: str, opts: dict) -> None:
+        torch.manual_seed(SEED)
+        model = copy.deepcopy(fp)
+        with Timer() as t:
+            refimpl.quantize(model, "gptq", bits=BITS, group_size=GROUP, sym=SYM, calib=calib, **opts)
+        examples[name] = task.evaluate(model)["per_example"]
+        ours[name] = {"options": opts, **summary(examples[name], t.s)}
+
+    for name, opts in OURS.items():
+        run_ours(name, opts)
+    load["after_ours"] = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"model_path": str(smollm2_cache_path()), "calib": calib, "eval": eval_tokens},
-                   Path(tmp) / "inputs.pt")
+        torch.save({"model_path": str(smollm2_cache_path()), "calib": calib, "eval": eval_tokens,
+                    "block": task.EVAL_BLOCK}, Path(tmp) / "inputs.pt")
         env = {**os.environ, "ATLAS_THREADS": str(threads)}
         proc = subprocess.run([args.peer_python, __file__, "--worker", tmp], capture_output=True, text=True, env=env)
+    load["after_peer"] = os.getloadavg()
     if proc.returncode != 0:
         print(f"error: llm-compressor worker failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
         return 1
     peer = json.loads(proc.stdout.strip().splitlines()[-1])
-    body = {
-        "setup": {"model": "SmolLM2-135M-Instruct fp32", "bits": BITS, "group_size": GROUP, "sym": SYM,
-                  "calib": {"n": CALIB_N, "seq": CALIB_SEQ, "seed": SEED}, "percdamp": 0.01, "blocksize": 128,
-                  "act_order": False, "eval": "smollm2-ppl 4x512 Tempest tokens", "threads": threads},
-        "fp32_ppl": fp_ppl, "ours": ours,
-        "llmcompressor": {"seconds": round(peer["seconds"], 2), "ppl": peer["ppl"], "version": peer["version"],
-                          "transformers": peer["transformers"]},
-        "time_ratio_ours_over_peer": round(ours["seconds"] / peer["seconds"], 3),
-        "ppl_no_worse": ours["ppl"] <= peer["ppl"] * 1.0001,
-    }
-    path = write("gptq_vs_llmcompressor", body, technique="gptq")
-    print(json.dumps(body, indent=2, sort_keys=True))
-    print(f"wrote {path}")
+    peer_ex, peer_s = peer["per_example"], peer["seconds"]
+
+    def record() -> Path:
+        for name in ours:  # paired over the same evaluation blocks: ours − peer
+            d, lo, hi = paired_bootstrap([examples[name]], [peer_ex], "ppl")
+            ours[name]["ppl_minus_peer"] = {"diff": d, "ci95": [lo, hi]}
+        head = ours["ours"]
+        body = {
+            "setup": {"model": "SmolLM2-135M-Instruct fp32", "bits": BITS, "group_size": GROUP, "sym": SYM,
+                      "sym_grid": "s = max|w|/7.5, codes -8..7 (compressed-tensors); ours: sym_range='full'",
+                      "calib": {"n": CALIB_N, "seq": CALIB_SEQ, "seed": SEED}, "percdamp": 0.01, "blocksize": 128,
+                      "act_order": False, "eval": f"smollm2-ppl {tuple(eval_tokens.shape)} tokens, "
+                      f"intervals over {len(fp_ex['tokens'])} blocks of {task.EVAL_BLOCK}", "threads": threads},
+            "load_average_1_5_15min": load,
+            "fp32": summary(fp_ex), "ours": ours,
+            "llmcompressor": {**summary(peer_ex, peer_s), "version": peer["version"],
+                              "transformers": peer["transformers"]},
+            "time_ratio_ours_over_peer": round(head["seconds"] / peer_s, 3),
+            "ppl_no_worse": head["ppl"] <= summary(peer_ex)["ppl"],
+            "time_at_most_half": head["seconds"] <= 0.5 * peer_s,
+        }
+        path = write("gptq_vs_llmcompressor", body, technique="gptq")
+        print(json.dumps(body, indent=2, sort_keys=True), flush=True)
+        return path
+
+    record()
+    if args.ablations:  # after the peer, so that the headline pair runs back to back
+        for name, opts in ABLATIONS.items():
+            run_ours(name, opts)
+        load["end"] = os.getloadavg()
+        record()
+    print("wrote benchmarks/results/gptq_vs_llmcompressor.json")
     return 0
 
 

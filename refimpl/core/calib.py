@@ -88,12 +88,17 @@ def accumulate_hessians(run: Callable[[], None], layers: dict[str, nn.Linear]) -
     H = {n: torch.zeros(l.in_features, l.in_features, dtype=torch.float64, device=l.weight.device)
          for n, l in layers.items()}
     count = dict.fromkeys(layers, 0)
+    last = {}  # the last input and its Σ x xᵀ: layers fed the same tensor (q/k/v, gate/up) compute it once
 
     def add(name, x):
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        # the reference held in `last` keeps x's memory from being reused, so equal keys mean the same tensor
+        key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x._version)
+        if last.get("key") != key:
+            rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
+            last.update(key=key, x=x, xtx=rows.T @ rows, n=rows.shape[0])
         # running mean keeps the scale independent of the calibration size
-        n_old, n_new = count[name], x.shape[0]
-        H[name].mul_(n_old / (n_old + n_new)).addmm_(x.T, x, alpha=2.0 / (n_old + n_new))
+        n_old, n_new = count[name], last["n"]
+        H[name].mul_(n_old / (n_old + n_new)).add_(last["xtx"], alpha=2.0 / (n_old + n_new))
         count[name] = n_old + n_new
 
     handles = _hooked(layers, add)

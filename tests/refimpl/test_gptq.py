@@ -131,8 +131,28 @@ def test_api_runs_block_by_block_and_beats_rtn_end_to_end(minilm):
     assert e_g < e_r
 
 
+@pytest.mark.parametrize("static_groups", [False, True], ids=["dynamic", "static"])
+def test_full_symmetric_range_is_the_peers_grid(acts, static_groups):
+    """sym_range="full": s = max|w|/7.5 at 4 bits (compressed-tensors), every code in [−8, 7], −8 used."""
+    W, X = acts["attention.self.query"]
+    W_q, s, z = gptq_with_grid(W, hessian(X), 4, 64, True, sym_range="full", static_groups=static_groups)
+    if static_groups:
+        assert torch.equal(s, to_groups(W, 64).abs().amax(-1, keepdim=True) / 7.5)
+    codes = (to_groups(W_q, 64) / s).round()
+    assert torch.allclose(to_groups(W_q, 64) / s, codes, atol=1e-4) and (z == 0).all()
+    assert codes.min() == -8 and codes.max() <= 7
+
+
+def test_static_groups_keep_the_original_weights_scales(acts):
+    W, X = acts["intermediate.dense"]
+    _, s, z = gptq_with_grid(W, hessian(X), 3, 64, static_groups=True)
+    s_rtn, z_rtn = minmax_qparams(to_groups(W, 64), 3, False)
+    assert torch.equal(s, s_rtn) and torch.equal(z, z_rtn)
+
+
 @pytest.mark.parametrize("opts, param", [(dict(blocksize=0), "blocksize"), (dict(percdamp=0), "percdamp"),
-                                         (dict(percdamp=1.5), "percdamp"), (dict(act_order="yes"), "act_order")])
+                                         (dict(percdamp=1.5), "percdamp"), (dict(act_order="yes"), "act_order"),
+                                         (dict(sym_range="wide"), "sym_range"), (dict(static_groups=1), "static_groups")])
 def test_bad_options_name_the_parameter(minilm, opts, param):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
     with pytest.raises(ValueError, match=rf"^{param}:"):
