@@ -48,6 +48,7 @@ from torch import nn
 from refimpl.core.act import set_module
 from refimpl.core.calib import find_linears
 from refimpl.core.hadamard import hadamard, is_supported
+from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, qrange, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, get, register
 from refimpl.redistribution._llama import llama_parts, norm_gain, set_norm_gain
@@ -100,6 +101,7 @@ def clipped_rtn(W: torch.Tensor, bits: int, group_size: int | None, sym: bool,
     lo, hi = Wg.amin(-1, keepdim=True), Wg.amax(-1, keepdim=True)
     best_err = torch.full(Wg.shape[:2], float("inf"), device=W.device)
     best_q = Wg
+    best_s, best_z = torch.ones_like(lo), torch.zeros_like(lo)
     for i in range(int(max_shrink * grid)):
         p = 1 - i / grid
         s, z = minmax_qparams(Wg, bits, sym, xmin=lo * p, xmax=hi * p)
@@ -108,6 +110,9 @@ def clipped_rtn(W: torch.Tensor, bits: int, group_size: int | None, sym: bool,
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_q = torch.where(better.unsqueeze(-1), Wq, best_q)
+        best_s = torch.where(better.unsqueeze(-1), s, best_s)
+        best_z = torch.where(better.unsqueeze(-1), z, best_z)
+    record_if_param(W, best_s, best_z, bits, group_size, sym)
     return from_groups(best_q).to(W.dtype)
 
 
