@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup build check serve test bench bench-quick clean
+.PHONY: setup build check serve test bench bench-quick verify clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ test: setup browser-deps
 	$(PY) -m site_gen build --check
 	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m refimpl bench --quick --out .cache/bench-quick
+	$(PY) -m refimpl bench --verify 2 --task digits-cnn
 	$(PY) -m pytest -q
 
 # Headless Chromium and its WebDriver for tests/browser/ (Debian packages). Installed only when
@@ -50,6 +51,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m refimpl bench --quick --out .cache/bench-quick
+
+# re-run N committed cells and check each lands inside its recorded interval
+verify: setup
+	$(PY) -m refimpl bench --verify 10
 
 clean:
 	rm -rf site .pytest_cache
