@@ -414,3 +414,31 @@ class DigitsDDPMTask(Task):
             out["sample_rmse_fp"] = (samples - reference.to(device)).pow(2).mean().sqrt().item()
         out.update(storage_bits(model))
         return out
+
+
+def act_ranges(n: int = 16, seed: int = 0) -> dict:
+    """Per-layer min/max of every quantized layer's input at each of the 50 DDIM steps of the fp
+    model, over n trajectories from calibration noise (the time-step profile behind TDQ)."""
+    from refimpl.diffusion._common import step_ranges, trajectory
+    model = load_model()
+    return step_ranges(model, trajectory(model, default_sampler(), noise(n, CALIB_NOISE_SEED + seed)))
+
+
+def write_act_ranges(path=None, n: int = 16) -> Path:
+    """results/digits-ddpm/act_ranges.json: {"steps", "layers": {name: {"min", "max"}}, "provenance"}."""
+    from refimpl.bench import records
+    path = Path(path) if path is not None else records.RESULTS / "digits-ddpm" / "act_ranges.json"
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = act_ranges(n)
+    finally:
+        torch.set_num_threads(prev)
+    data["provenance"] = records.provenance(threads=1)
+    data["task_version"] = VERSION
+    records.write_json_atomic(path, data)
+    return path
+
+
+if __name__ == "__main__":
+    print(write_act_ranges())
