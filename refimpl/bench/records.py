@@ -56,13 +56,18 @@ def record_path(root: Path, task: str, technique: str, setting: str) -> Path:
 _NUMBER_ARRAY = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
 
 
+def dumps(obj) -> str:
+    """The text of a record file: sorted keys, indent 2, number arrays on one line, trailing newline."""
+    return _NUMBER_ARRAY.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                             json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)) + "\n"
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON (sorted keys, trailing newline) via a temporary file and os.replace. Arrays of
     numbers (per-example data: hundreds of 0/1) stay on one line, so records remain readable diffs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = _NUMBER_ARRAY.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
-                             json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)) + "\n"
+    text = dumps(obj)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -59,7 +59,7 @@ def test_record_has_full_provenance(two_runs):
     path = out / "minilm-layers" / "rtn" / "w3-g64-asym-seed7.json"
     on_disk = json.loads(path.read_text())
     assert on_disk == first
-    assert path.read_text() == json.dumps(first, indent=2, sort_keys=True) + "\n"
+    assert path.read_text() == records.dumps(first)
     for key in records.RECORD_FIELDS:
         assert key in on_disk, key
     prov = on_disk["provenance"]

@@ -41,6 +41,10 @@ GGUF_CASES = [
     ("hqq", {}, 4, 32, False, "Q4_1"),
     ("rtn", {}, 8, 32, True, "Q8_0"),
     ("rtn", {}, 8, None, True, "Q8_0"),
+    # AWQ and SmoothQuant fold every scale they apply into norms and Linears on the Llama path
+    # (no run-time divisor left), so their weights export like any other grid
+    ("awq", dict(grid=5), 4, 32, True, "Q4_0"),
+    ("smoothquant", {}, 8, 32, True, "Q8_0"),
 ]
 
 
@@ -180,8 +184,6 @@ REFUSALS = [
     ("gguf", ("rtn", {}, 4, 16, True), {}, "group_size: group_size 16 is not a multiple of the 32.*group_size=32"),
     ("gguf", ("rtn", dict(act_bits=8), 4, 32, True), {}, "act_bits: .*act_bits=None"),
     ("gguf", ("quarot", {}, 4, 32, True), {}, "online rotation"),
-    ("gguf", ("awq", dict(grid=5), 4, 32, True), {}, "smoothing vector"),
-    ("gguf", ("smoothquant", dict(), 8, 32, True), {}, "smoothing vector"),
     ("gguf", ("nf4", {}, 4, 64, False), {}, "carries no integer grid"),
     ("gguf", ("bias_correction", {}, 4, 32, True), {}, "has a bias"),
     ("gguf", ("rtn", {}, 4, 32, True, "qwen2"), {}, "llama architecture"),

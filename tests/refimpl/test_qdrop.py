@@ -113,14 +113,17 @@ def test_dropping_with_p_half_against_always_quantizing_at_w2a4(w2a4_accuracy):
     assert w2a4_accuracy[0.0] > w2a4_accuracy[0.5] + 0.05
 
 
-def test_qdrop_beats_the_harness_adaround_at_w2a4(fp, w2a4_accuracy):
-    """The harness's AdaRound (200 iterations, reconstruction blind to activations, ranges added
-    afterwards) stays near RTN at W2A4; QDrop's block reconstruction does not."""
+def test_qdrop_and_the_harness_adaround_both_rescue_w2a4_from_rtn(fp, w2a4_accuracy):
+    """Since AdaRound reconstructs toward the float layer output (the paper's target), it and QDrop
+    both lift W2A4 far above round-to-nearest (about 0.83 and 0.82 vs 0.35 on seed 0); the two are
+    within each other's interval in the matrix, so no ordering between them is asserted."""
     model, split, calib = fp
-    acc_qdrop = w2a4_accuracy[0.5]
+    rtn = refimpl.quantize(copy.deepcopy(model), "rtn", bits=2, sym=True)
+    quantize_activations(rtn, 4, calib)
     ada = refimpl.quantize(copy.deepcopy(model), "adaround", bits=2, sym=True, calib=calib)
     quantize_activations(ada, 4, calib)
-    assert acc_qdrop > digits.accuracy(ada, split["test"]) + 0.2
+    floor = digits.accuracy(rtn, split["test"]) + 0.3
+    assert w2a4_accuracy[0.5] > floor and digits.accuracy(ada, split["test"]) > floor
 
 
 def test_the_harness_gives_ptq_block_techniques_calibration_digits():
