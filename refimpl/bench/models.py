@@ -34,24 +34,16 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS / "MANIFEST.json"
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _SHA_CACHE: dict[tuple, str] = {}
 
 
 def sha256_cached(path: Path) -> str:
-    """sha256_of, remembered per (path, size, mtime) for the life of the process."""
+    """records.sha256_file, remembered per (path, size, mtime) for the life of the process."""
+    from refimpl.bench.records import sha256_file
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = sha256_of(path)
+        _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
 
 
@@ -73,7 +65,8 @@ def pinned_path(name: str) -> Path:
     if entry is None or not path.is_file():
         raise RuntimeError(f"pinned model {name} is not shipped in {WEIGHTS}; "
                            f"train it with `python -m refimpl.bench.train --ship` (see its --help)")
-    digest = sha256_of(path)
+    from refimpl.bench.records import sha256_file
+    digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise RuntimeError(f"pinned model {path} has sha256 {digest[:12]}…, the manifest pins "
                            f"{entry['sha256'][:12]}…: the file was changed; restore it from git")

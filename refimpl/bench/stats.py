@@ -63,10 +63,7 @@ def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
 def bootstrap_ci(ex: dict, metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
                  level: float = LEVEL) -> tuple[float, float]:
     """Percentile bootstrap interval of `metric` over the test examples of one record."""
-    idx = _indices(n_examples(ex), n_boot, seed)
-    values = STATISTICS[metric](ex, idx)
-    a = (1 - level) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+    return mean_bootstrap_ci([ex], metric, n_boot, seed, level)
 
 
 def mean_bootstrap_ci(exs: list[dict], metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,

@@ -29,20 +29,17 @@ def _models():
 
 
 def fp_metric(task_id: str, model) -> float:
-    """The task's primary fp metric of `model` (what TOLERANCE bounds)."""
-    from refimpl.bench import ddpm, digits
-    if task_id == "digits-cnn":
-        return digits.accuracy(model, digits.load_split()["test"])
-    task = ddpm.DigitsDDPMTask()
-    samples = task.sampler().sample(model, ddpm.noise(ddpm.EVAL_SAMPLES, ddpm.EVAL_NOISE_SEED))
-    return ddpm.sample_report(samples, task.test_digits(), digits.load_model())["digits_fd"]
+    """The task's primary fp metric of `model` (what TOLERANCE bounds), by the task's own evaluation."""
+    from refimpl.bench.tasks import get_task
+    return get_task(task_id).evaluate(model)[TOLERANCE[task_id][0]]
 
 
 def retrain(task_id: str, out: Path) -> dict:
     """Train the task's model on one thread into `out`; its metric beside the shipped model's."""
     import torch
 
-    from refimpl.bench.models import load_pinned, manifest, sha256_of, train_on_one_thread
+    from refimpl.bench.models import load_pinned, manifest, train_on_one_thread
+    from refimpl.bench.records import sha256_file
     name, make, train = _models()[task_id]
     t0 = time.perf_counter()
     model = train_on_one_thread(train).eval()
@@ -58,7 +55,7 @@ def retrain(task_id: str, out: Path) -> dict:
             shipped = fp_metric(task_id, load_pinned(name, make))
         except RuntimeError:
             shipped = None
-    return {"task": task_id, "file": str(path), "sha256": sha256_of(path), "train_s": round(seconds, 1),
+    return {"task": task_id, "file": str(path), "sha256": sha256_file(path), "train_s": round(seconds, 1),
             "metric": metric, "retrained": new, "shipped": shipped, "tolerance": tol,
             "within": None if shipped is None else abs(new - shipped) <= tol}
 
@@ -69,12 +66,13 @@ def ship(report: dict) -> None:
 
     import torch
 
-    from refimpl.bench.models import MANIFEST, WEIGHTS, manifest, sha256_of
+    from refimpl.bench.models import MANIFEST, WEIGHTS, manifest
+    from refimpl.bench.records import sha256_file
     src = Path(report["file"])
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, WEIGHTS / src.name)
     entries = manifest()
-    entries[src.name] = {"sha256": sha256_of(WEIGHTS / src.name), "bytes": (WEIGHTS / src.name).stat().st_size,
+    entries[src.name] = {"sha256": sha256_file(WEIGHTS / src.name), "bytes": (WEIGHTS / src.name).stat().st_size,
                          "task": report["task"], "fp_metrics": {report["metric"]: report["retrained"]},
                          "trained_with": f"python -m refimpl.bench.train {report['task']} --ship",
                          "torch": torch.__version__, "train_s": report["train_s"]}

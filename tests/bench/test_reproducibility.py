@@ -19,7 +19,7 @@ def test_shipped_weights_match_their_pinned_hash_and_metric():
     pins = models.manifest()
     assert set(pins) >= {"digits-cnn-v1.pt", "digits-ddpm-v1.pt"}
     for name, entry in pins.items():
-        assert models.sha256_of(models.WEIGHTS / name) == entry["sha256"]
+        assert records.sha256_file(models.WEIGHTS / name) == entry["sha256"]
     model = digits.load_model()
     acc = digits.accuracy(model, digits.load_split()["test"])
     assert acc == pins[digits.WEIGHTS_FILE]["fp_metrics"]["accuracy"]
