@@ -293,8 +293,17 @@ def verify(args, out_dir: Path, timeout: float) -> int:
     from refimpl.bench import records
     from refimpl.bench import verify as ver
     from refimpl.bench.tasks import get_task
+    from refimpl.core.registry import get
     if args.verify < -1 or args.verify == 0:
         print("error: --verify: N must be a positive integer", file=sys.stderr)
+        return 2
+    try:   # a misspelt --task or --only is named, not read as "nothing recorded"
+        for task_id in args.task or ():
+            get_task(task_id)
+        for tid in args.only or ():
+            get(tid)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     recs = _records_under(out_dir)
     recs = [r for r in recs if (not args.task or r["task"] in args.task) and (not args.only or r["technique"] in args.only)]

@@ -135,3 +135,14 @@ def x(model, cfg, calib, *, k: int = 2):
     other = base.replace("k: int = 2", "k: int = 3")
     assert records.semantic_source(base) == records.semantic_source(same)
     assert records.semantic_source(base) != records.semantic_source(other)
+
+
+@pytest.mark.parametrize("args, message", [(["--task", "nope"], "error: task: unknown task 'nope'"),
+                                           (["--only", "gptx"], "error: method: unknown technique 'gptx'"),
+                                           (["0"], "error: --verify: N must be a positive integer")])
+def test_verify_names_a_bad_argument(args, message):
+    argv = [sys.executable, "-m", "refimpl", "bench", "--verify", *args]
+    if args[0] != "0":
+        argv.insert(5, "2")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
