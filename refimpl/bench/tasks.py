@@ -159,7 +159,7 @@ class MiniLMLayers(Task):
         local, e2e = [], []
         for n in names:
             X_f, Y_f = reference["layers"][n]
-            # the same fp32 inputs through the quantized module (a QLinear also quantizes them)
+            # the same fp32 inputs through the quantized module (a QuantLinear also quantizes them)
             Y_local = model.get_submodule(n)(X_f.to(model_device(model)))
             local.append(_rel(Y_f, Y_local))
             e2e.append(_rel(Y_f, layers[n][1]))

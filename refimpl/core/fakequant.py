@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from refimpl.core.act import set_module
+from refimpl.core.act import QuantLinear, set_module  # noqa: F401 (QuantLinear: its historic home)
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.data import Labelled
 from refimpl.core.quantizer import fake_quant_ste, from_groups, minmax_qparams, qrange, round_ste, to_groups
@@ -162,32 +162,6 @@ class LSQActQuant(ActQuant):
         n_features = x.numel() // max(x.shape[0], 1)
         s = grad_scale(self.s, 1.0 / math.sqrt(n_features * max(qmax, 1)))
         return lsq_fake_quant(x, s, qmin, qmax)
-
-
-class QuantLinear(nn.Module):
-    """y = Q_a(x) · Q_w(W)ᵀ + b; either quantizer may be None (that side stays in float)."""
-
-    def __init__(self, linear: nn.Linear, wq: nn.Module | None, aq: nn.Module | None):
-        super().__init__()
-        self.linear, self.wq, self.aq = linear, wq, aq
-
-    @property
-    def weight(self):
-        return self.linear.weight
-
-    @property
-    def in_features(self):
-        return self.linear.in_features
-
-    @property
-    def out_features(self):
-        return self.linear.out_features
-
-    def forward(self, x):
-        if self.aq is not None:
-            x = self.aq(x)
-        W = self.linear.weight if self.wq is None else self.wq(self.linear.weight)
-        return F.linear(x, W, self.linear.bias)
 
 
 def act_skip(model: nn.Module) -> tuple[str, ...]:

@@ -26,12 +26,14 @@ class Entry:
 
 def _wrapper_problem(wrapper: nn.Module, name: str) -> str | None:
     """Why the module around a Linear cannot be stored, or None if nothing runs on the input."""
-    if getattr(wrapper, "act_bits", None) is not None:
+    if getattr(wrapper, "aq", None) is not None:
         return (f"act_bits: layer {name!r} quantizes its input activations at run time; the exported "
                 "formats store weights only; nearest representable: act_bits=None (weight-only)")
-    if getattr(wrapper, "smooth", None) is not None:
-        return (f"model: layer {name!r} divides its input by a per-channel smoothing vector at run time "
-                "(an AWQ/SmoothQuant scale with no norm to fold into); not representable as a weight file")
+    if getattr(wrapper, "wq", None) is not None:
+        return (f"model: layer {name!r} still carries a training-time weight quantizer; export the model "
+                "its technique returns (frozen weights), not one in the middle of training")
+    if hasattr(wrapper, "aq") and hasattr(wrapper, "wq"):
+        return None          # a QuantLinear with both sides off computes the plain Linear
     if hasattr(wrapper, "Q"):
         return (f"model: layer {name!r} applies an online rotation to its input (QuaRot); GGUF and "
                 "compressed-tensors have no such op; nearest representable: a technique without online rotations")

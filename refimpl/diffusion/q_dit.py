@@ -26,26 +26,13 @@ on the generated-image FID; a budget on scale storage instead of BitOps.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from refimpl.core.act import DynamicActQuant
 from refimpl.core.calib import accumulate_hessians, find_linears, run_model
 from refimpl.core.fakequant import prepare
-from refimpl.core.quantizer import fake_quant, minmax_qparams, quantize_weight
+from refimpl.core.quantizer import quantize_weight
 from refimpl.core.registry import Claim, Deviation, register
 from refimpl.diffusion._common import subsample
-
-
-class DynamicActQuant(nn.Module):
-    """Min-max asymmetric fake quantization with one range per sample, computed at every call."""
-
-    def __init__(self, bits: int):
-        super().__init__()
-        self.bits = bits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(x.shape[0], -1)                      # [b, everything else]
-        s, z = minmax_qparams(rows, self.bits, False)
-        return fake_quant(rows, s, z, self.bits, False).reshape(x.shape)
 
 
 def candidates(in_features: int, min_group: int) -> list[int]:
@@ -121,6 +108,6 @@ def q_dit(model, cfg, data, *, budget_group: int = 32, min_group: int = 8, hessi
     for n, layer in layers.items():
         layer.weight.copy_(quantize_weight(layer.weight, cfg.bits, chosen[n], cfg.sym))
         layer.quant_group_size = chosen[n]
-    act = (lambda name, layer: None) if cfg.act_bits is None else (lambda name, layer: DynamicActQuant(cfg.act_bits))
+    act = (lambda name, layer: None) if cfg.act_bits is None else (lambda name, layer: DynamicActQuant(cfg.act_bits, per="sample"))
     prepare(model, cfg, weight_quant=lambda name, layer: None, act_quant=act)
     return model

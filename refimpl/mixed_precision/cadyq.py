@@ -60,7 +60,7 @@ class ImageCue(nn.Module):
         self.value = image_gradient(x.detach()) if x.dim() == 4 else torch.ones(x.shape[0], device=x.device)
 
 
-class DynamicActQuant(ActQuant):
+class CueActQuant(ActQuant):
     """Static-range activation quantizer whose bit-width is chosen per input from `choices`."""
 
     def __init__(self, choices: tuple[int, ...], cue: ImageCue):
@@ -102,7 +102,7 @@ class DynamicActQuant(ActQuant):
         return out
 
 
-def fit_lambda(q: DynamicActQuant, c: torch.Tensor, budget: float, iters: int = 60) -> None:
+def fit_lambda(q: CueActQuant, c: torch.Tensor, budget: float, iters: int = 60) -> None:
     """Set λ to the smallest value with mean bit-width over the sensitivities c at most `budget`."""
     q.lam.fill_(0.0)
     if q.select(c).mean() <= budget:
@@ -118,11 +118,11 @@ def fit_lambda(q: DynamicActQuant, c: torch.Tensor, budget: float, iters: int = 
     q.lam.fill_(hi)
 
 
-def forward_order(model: nn.Module, batch) -> list[DynamicActQuant]:
+def forward_order(model: nn.Module, batch) -> list[CueActQuant]:
     """The dynamic quantizers in the order one forward pass calls them."""
     order = []
     handles = [m.aq.register_forward_pre_hook(lambda mod, args: None if mod in order else order.append(mod))
-               for m in model.modules() if isinstance(m, QuantLinear) and isinstance(m.aq, DynamicActQuant)]
+               for m in model.modules() if isinstance(m, QuantLinear) and isinstance(m.aq, CueActQuant)]
     try:
         run_model(model, batch)
     finally:
@@ -147,7 +147,7 @@ def fit_selector(model, quants: list, calib: list, budget: float, signs: tuple[i
 @torch.no_grad()
 def bits_per_input(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
     """The activation bit-width each input got at every dynamic layer: {layer: [N]}."""
-    quants = {n: m.aq for n, m in model.named_modules() if isinstance(getattr(m, "aq", None), DynamicActQuant)}
+    quants = {n: m.aq for n, m in model.named_modules() if isinstance(getattr(m, "aq", None), CueActQuant)}
     out = {name: [] for name in quants}
     for batch in batches:
         run_model(model, batch)
@@ -197,7 +197,7 @@ def cadyq(model, cfg, data, *, choices: tuple = (4, 6, 8), act_avg: float | None
     model.cadyq_cue = cue
     model.register_forward_pre_hook(cue)
     bits = {name: cfg.bits for name in find_linears(model, cfg.skip)}
-    apply_bits(model, cfg, calib, bits, act_quant=lambda name, layer: DynamicActQuant(choices, cue))
+    apply_bits(model, cfg, calib, bits, act_quant=lambda name, layer: CueActQuant(choices, cue))
     quants = forward_order(model, calib[0])
     if cue_signs is None:   # the selector direction that distorts the predictions least
         cue_signs = min(candidates, key=lambda s: fit_selector(model, quants, calib, budget, s, ref))

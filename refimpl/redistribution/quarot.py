@@ -45,11 +45,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from refimpl.core.act import set_module
+from refimpl.core.act import DynamicActQuant, QuantLinear, set_module
 from refimpl.core.calib import find_linears
 from refimpl.core.hadamard import hadamard, is_supported
 from refimpl.core.gridtag import record_if_param
-from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, qrange, quantize_weight, to_groups
+from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, quantize_weight, to_groups
 from refimpl.core.registry import Claim, Deviation, get, register
 from refimpl.redistribution._llama import llama_parts, norm_gain, set_norm_gain
 
@@ -68,29 +68,6 @@ class RotateInput(nn.Module):
 
     def forward(self, x):
         return self.linear(x @ self.Q.to(x.dtype))
-
-
-def quantize_tokens_sym(x: torch.Tensor, bits: int, clip_ratio: float) -> torch.Tensor:
-    """Per-token symmetric absmax fake quantization with the range shrunk by `clip_ratio`:
-    s = clip·max|x_t| / (2^(b−1) − 1), codes clamped to [−2^(b−1), 2^(b−1) − 1]."""
-    qmin, qmax = qrange(bits, True)
-    s = (x.abs().amax(-1, keepdim=True) * clip_ratio / qmax).clamp_min(torch.finfo(x.dtype).tiny)
-    return torch.clamp(torch.round(x / s), qmin, qmax) * s
-
-
-class QuantInput(nn.Module):
-    """y = linear(Q_a(x)) with QuaRot's activation quantizer (`quantize_tokens_sym`)."""
-
-    def __init__(self, linear: nn.Module, bits: int, clip_ratio: float):
-        super().__init__()
-        self.linear, self.bits, self.clip_ratio = linear, bits, clip_ratio
-
-    @property
-    def weight(self):
-        return self.linear.weight
-
-    def forward(self, x):
-        return self.linear(quantize_tokens_sym(x, self.bits, self.clip_ratio))
 
 
 def clipped_rtn(W: torch.Tensor, bits: int, group_size: int | None, sym: bool,
@@ -284,5 +261,6 @@ def quarot(model, cfg, calib, *, quantizer="rtn", seed=0, w_clip=True, a_clip_ra
     if cfg.act_bits is not None:
         # wraps the inner Linears, so the quantizer sees the rotated input
         for name, layer in layers.items():
-            set_module(model, name, QuantInput(layer, cfg.act_bits, float(a_clip_ratio)))
+            set_module(model, name, QuantLinear(layer, None, DynamicActQuant(cfg.act_bits, sym=True,
+                                                                         clip_ratio=float(a_clip_ratio))))
     return model

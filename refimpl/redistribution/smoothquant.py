@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refimpl.core.act import QLinear, set_module
+from refimpl.core.act import DynamicActQuant, QuantLinear, set_module
 from refimpl.core.calib import find_linears, run_model
 from refimpl.core.quantizer import quantize_weight
 from refimpl.core.registry import Claim, Deviation, register
@@ -106,5 +106,5 @@ def smoothquant(model, cfg, calib, *, alpha=0.5):
         layer.weight.copy_(quantize_weight(layer.weight, cfg.bits, cfg.group_size, cfg.sym))
         if cfg.act_bits is not None:
             # the paper's activation grid: symmetric absmax per token
-            set_module(model, name, QLinear(layer, cfg.act_bits, act_sym=True))
+            set_module(model, name, QuantLinear(layer, None, DynamicActQuant(cfg.act_bits, sym=True)))
     return model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import refimpl
-from refimpl.core.act import QLinear
+from refimpl.core.act import QuantLinear
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.core.config import QuantConfig
 from refimpl.core.quantizer import quantize_weight
@@ -105,7 +105,7 @@ def test_only_foldable_groups_are_scaled_and_folds_are_exact(kv_heads):
     # and the whole method adds no run-time divisor anywhere
     calib = torch.randint(0, 64, (4, 16))
     out = refimpl.quantize(copy.deepcopy(model), "awq", bits=4, group_size=16, calib=calib, grid=4)
-    assert not any(isinstance(m, QLinear) for m in out.modules())
+    assert not any(isinstance(m, QuantLinear) for m in out.modules())
 
 
 def test_bert_gets_no_divisor_only_the_value_output_fold(minilm):
@@ -115,7 +115,7 @@ def test_bert_gets_no_divisor_only_the_value_output_fold(minilm):
         [("attention.self.value", ["attention.output.dense"])]
     small = _first_blocks(model, 1)
     out = refimpl.quantize(small, "awq", bits=4, group_size=64, calib=calib[:4], grid=4)
-    assert not any(isinstance(m, QLinear) for m in out.modules())
+    assert not any(isinstance(m, QuantLinear) for m in out.modules())
 
 
 def test_next_block_is_calibrated_on_float_outputs():

@@ -84,3 +84,42 @@ def test_task_data_and_labelled_refuse_bad_input():
         Labelled(torch.zeros(3, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="^data:.*needs train"):
         TaskData().need("train", "lsq")
+
+
+# ------------------------------------------------ the one quantized Linear and its dynamic inputs
+
+def _minmax_reference(rows: torch.Tensor, bits: int) -> torch.Tensor:
+    """Asymmetric min-max fake quantization of each row, written out independently."""
+    lo = rows.amin(1, keepdim=True).clamp(max=0)
+    hi = rows.amax(1, keepdim=True).clamp(min=0)
+    s = (hi - lo) / (2 ** bits - 1)
+    z = torch.round(-lo / s)
+    return (torch.clamp(torch.round(rows / s) + z, 0, 2 ** bits - 1) - z) * s
+
+
+@pytest.mark.parametrize("per, rows_of", [("token", lambda x: x.reshape(-1, x.shape[-1])),
+                                          ("sample", lambda x: x.reshape(x.shape[0], -1)),
+                                          ("tensor", lambda x: x.reshape(1, -1))])
+def test_dynamic_activation_ranges_follow_their_granularity(per, rows_of):
+    from refimpl.core.act import quantize_activation
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8) * torch.tensor([1.0, 10.0, 0.1]).view(3, 1, 1)
+    got = quantize_activation(x, 4, per=per)
+    assert torch.allclose(got, _minmax_reference(rows_of(x), 4).reshape(x.shape), atol=1e-6)
+    # finer ranges never lose to the coarser one on this input: per-token ≤ per-sample ≤ per-tensor error
+    err = {p: float((quantize_activation(x, 4, per=p) - x).pow(2).sum()) for p in ("token", "sample", "tensor")}
+    assert err["token"] <= err["sample"] <= err["tensor"]
+
+
+def test_quant_linear_applies_input_quantizer_then_the_stored_weight():
+    from refimpl.core.act import DynamicActQuant, QuantLinear, quantize_activation
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4)
+    x = torch.randn(6, 8)
+    q = QuantLinear(lin, None, DynamicActQuant(4, sym=True))
+    assert torch.equal(q(x), lin(quantize_activation(x, 4, sym=True)))
+    assert torch.equal(QuantLinear(lin, None, None)(x), lin(x))
+    with pytest.raises(ValueError, match="per"):
+        DynamicActQuant(4, per="channel")
+    with pytest.raises(ValueError, match="clip_ratio"):
+        DynamicActQuant(4, clip_ratio=0)

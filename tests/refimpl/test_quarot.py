@@ -12,8 +12,8 @@ import torch
 import refimpl
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.core.quantizer import quantize_weight
-from refimpl.redistribution.quarot import (QuantInput, RotateInput, clipped_rtn, quantize_tokens_sym,
-                                         random_hadamard, rotate)
+from refimpl.core.act import DynamicActQuant, QuantLinear, quantize_activation
+from refimpl.redistribution.quarot import RotateInput, clipped_rtn, random_hadamard, rotate
 from _refimpl_helpers import layer_error as _layer_error
 from _refimpl_helpers import tiny_llama as _tiny_llama
 
@@ -82,9 +82,10 @@ def test_activation_grid_is_symmetric_absmax_per_token_with_clip():
     x = torch.randn(5, 16) * 3
     s = x.abs().amax(1, keepdim=True) * 0.9 / 127
     ref = torch.clamp(torch.round(x / s), -128, 127) * s
-    assert torch.allclose(quantize_tokens_sym(x, 8, 0.9), ref, atol=1e-6)
+    assert torch.allclose(quantize_activation(x, 8, sym=True, clip_ratio=0.9), ref, atol=1e-6)
     # symmetric: quantizing −x gives −Q(x) up to the one extra negative code
-    assert torch.allclose(quantize_tokens_sym(-x, 8, 1.0), -quantize_tokens_sym(x, 8, 1.0), atol=1e-6)
+    q = lambda v: quantize_activation(v, 8, sym=True)
+    assert torch.allclose(q(-x), -q(x), atol=1e-6)
 
 
 def _outlier_llama():
@@ -111,7 +112,8 @@ def test_quarot_rtn_beats_rtn_on_the_llama_path(setting):
         rtn = refimpl.quantize(copy.deepcopy(model), "rtn", **setting)(ids).logits
         qr_model = refimpl.quantize(copy.deepcopy(model), "quarot", **setting)
         qr = qr_model(ids).logits
-    assert any(isinstance(m, QuantInput) for m in qr_model.modules())
+    wrapped = [m for m in qr_model.modules() if isinstance(m, QuantLinear)]
+    assert wrapped and all(isinstance(m.aq, DynamicActQuant) and m.aq.sym and m.aq.clip_ratio == 0.9 for m in wrapped)
     e_rtn, e_qr = float((rtn - ref).norm()), float((qr - ref).norm())
     assert e_qr < 0.7 * e_rtn, (e_qr, e_rtn)
 

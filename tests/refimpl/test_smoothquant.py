@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import refimpl
-from refimpl.core.act import QLinear
+from refimpl.core.act import QuantLinear
 from refimpl.core.calib import capture_inputs, find_linears, run_model
 from refimpl.redistribution.smoothquant import input_absmax, smooth, smoothing_factors
 from _refimpl_helpers import tiny_llama
@@ -44,8 +44,8 @@ def test_activations_are_symmetric_absmax_per_token():
     model = tiny_llama(tied=None)
     calib = torch.randint(0, 64, (2, 12))
     sq = refimpl.quantize(copy.deepcopy(model), "smoothquant", bits=8, act_bits=8, calib=calib)
-    wrappers = [m for m in sq.modules() if isinstance(m, QLinear)]
-    assert len(wrappers) == 14 and all(w.act_sym and w.smooth is None for w in wrappers)
+    wrappers = [m for m in sq.modules() if isinstance(m, QuantLinear)]
+    assert len(wrappers) == 14 and all(w.aq.sym and w.aq.per == "token" and w.wq is None for w in wrappers)
     w = sq.model.layers[0].self_attn.o_proj
     x = torch.randn(3, 48) + 2.0        # shifted: an asymmetric grid would use a non-zero zero-point
     s = x.abs().amax(1, keepdim=True) / 127
@@ -104,7 +104,7 @@ def test_beats_naive_rtn_weight_activation_on_outlier_llama(bits, act_bits):
 def test_weight_only_mode_smooths_without_wrappers():
     model = tiny_llama(tied=None)
     sq = refimpl.quantize(copy.deepcopy(model), "smoothquant", bits=8, calib=torch.randint(0, 64, (2, 12)))
-    assert not any(isinstance(m, QLinear) for m in sq.modules())
+    assert not any(isinstance(m, QuantLinear) for m in sq.modules())
     assert not torch.equal(sq.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
 
 
