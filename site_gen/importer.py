@@ -480,15 +480,27 @@ def apply_decisions(decisions: list[dict], queue: Queue, papers: Path, root: Pat
     return out
 
 
-def write_applied(applied: Applied, papers: Path) -> None:
-    """Write the filed entries and append the skips to papers/removed.yaml."""
+def write_applied(applied: Applied, papers: Path) -> int:
+    """Write the filed entries whose text changed and append the skips to papers/removed.yaml
+    (appended as text: the file's header and the reviewers' formatting stay as they are).
+    Returns how many entry files were written."""
+    written = 0
     for path, text in applied.entries:
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        written += 1
     if applied.removed:
-        items = read_removed(papers) + applied.removed
-        text = yaml.safe_dump(items, sort_keys=False, allow_unicode=True, width=100)
-        (papers / REMOVED).write_text(text, encoding="utf-8")
+        target = papers / REMOVED
+        before = target.read_text(encoding="utf-8") if target.exists() else ""
+        if not read_removed(papers):       # an empty list is written `[]`: items cannot follow it
+            before = "".join(line for line in before.splitlines(keepends=True) if line.strip() != "[]")
+        if before and not before.endswith("\n"):
+            before += "\n"
+        added = yaml.safe_dump(applied.removed, sort_keys=False, allow_unicode=True, width=100)
+        target.write_text(before + added, encoding="utf-8")
+    return written
 
 
 # ---------------------------------------------------------------- command line
@@ -525,13 +537,13 @@ def main(argv: list[str]) -> int:
                   f"{st['new']} new candidates written to {args.queue}")
             return 0
         applied = apply_decisions(read_decisions(args.decisions), queue, args.papers, root)
-        write_applied(applied, args.papers)
+        written = write_applied(applied, args.papers)
     except ImportError_ as exc:
         print(f"import-awesome: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"import-awesome: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 1
-    print(f"{len(applied.entries)} filed, {len(applied.removed)} skipped into {REMOVED}, "
-          f"{len(applied.ignored)} already decided")
+    print(f"{len(applied.entries)} filed ({written} written, {len(applied.entries) - written} unchanged), "
+          f"{len(applied.removed)} skipped into {REMOVED}, {len(applied.ignored)} already decided")
     return 0

@@ -136,6 +136,16 @@ def test_decisions_file_and_skip_then_nothing_reappears_and_rerun_changes_nothin
                         "reason": "deep hashing for retrieval, not quantization of a network"}]
     assert queue(kb, a) == []                   # filed and skipped papers never come back
     before = snapshot(kb)
+    # a later skip is appended: the reviewer's header and earlier items keep their text
+    header = "# reviewed by hand\n" + (kb / "papers" / "removed.yaml").read_text(encoding="utf-8")
+    (kb / "papers" / "removed.yaml").write_text(header, encoding="utf-8")
+    b = write_list(tmp_path, "other-list", [rec("Vector Quantised Image Tokens", "https://example.org/v")])
+    [item] = queue(kb, b)
+    assert decide(kb, [{"key": item["key"], "skip": "image tokenizer, not a quantized network"}], b) == 0
+    text = (kb / "papers" / "removed.yaml").read_text(encoding="utf-8")
+    assert text.startswith(header) and len(yaml.safe_load(text)) == 2
+    (kb / "papers" / "removed.yaml").write_text(header, encoding="utf-8")
+    before = snapshot(kb)
     assert decide(kb, decisions, a) == 0        # applying the same decisions again is a no-op
     assert snapshot(kb) == before
 
