@@ -39,7 +39,13 @@ MAX_LEN_DEFAULT = 500         # any other string or list item
 MIN_YEAR = 1950
 N_SUBCATEGORIES = 24
 
-REQUIRED = ("id", "title", "year", "venue", "url", "subcategories", "classified_by")
+REQUIRED = ("id", "title", "authors", "year", "venue", "url", "subcategories", "why", "classified_by")
+# what a missing required field needs, where a bare "missing" would not say
+REQUIRED_HINT = {
+    "authors": "all authors in order, as the paper prints them",
+    "why": ("one line in your own words: what the paper's core technique does and where that files it, "
+            "e.g. 'learns the clipping bound by back-propagation → 3.1.2'"),
+}
 # Expected type per field: str, int, or list (of non-empty strings).
 FIELD_TYPES: dict[str, type] = {
     "id": str, "title": str, "authors": list, "year": int, "venue": str, "url": str,
@@ -47,9 +53,9 @@ FIELD_TYPES: dict[str, type] = {
     "classified_by": str, "tags": list, "aliases": list, "refimpl": list, "sources": list,
     "flags": list, "notes": str,
 }
-CLASSIFIED_BY = ("survey", "curated", "rule")
-# `why` says why a person filed the paper where it is; a keyword rule has no reason to give.
-WHY_REQUIRED_UNLESS = "rule"
+# Who filed the entry: the survey's figure, or a person who read the paper. Keyword rules filed
+# entries once (`rule`); every one of those has been read since (issue 10) and the value is refused.
+CLASSIFIED_BY = ("survey", "curated")
 METHOD = "method"   # the default `contribution`; only methods must name a sub-category
 SOURCES = ("awesome-list-2020-2026", "htqin-awesome-list-2015-2024", "curated", "arxiv",
            "efficient-ml-awesome-2026-05-11", "pprp-awesome-llm-quantization-2026-04-20",
@@ -68,10 +74,6 @@ ALLOWED_TAGS = {
 
 ERROR, WARNING = "error", "warning"
 
-# Entries still filed by a keyword rule (`classified_by: rule`) are tolerated while the
-# knowledge base is being read paper by paper (issue 10). Flip this to ERROR once
-# `site_gen check` reports that no rule entry is left.
-RULE_ENTRY_SEVERITY = WARNING
 
 
 @dataclass(frozen=True, order=True)
@@ -476,7 +478,8 @@ def check_required(entry: Entry, ctx: Context) -> Iterator[Finding]:
     """Required fields are present and not null."""
     for name in REQUIRED:
         if entry.data.get(name) is None:
-            yield name, 1, "missing required field" if name not in entry.data else "required field is empty"
+            what = "missing required field" if name not in entry.data else "required field is empty"
+            yield name, 1, what + (f" ({REQUIRED_HINT[name]})" if name in REQUIRED_HINT else "")
 
 
 @rule(ERROR)
@@ -668,6 +671,9 @@ def check_vocabularies(entry: Entry, ctx: Context) -> Iterator[Finding]:
             near = suggest(value, allowed)
             if name == "classified_by":
                 near = near or f" (one of {', '.join(CLASSIFIED_BY)})"
+                if value == "rule":
+                    near = (": keyword rules no longer file papers; read the paper, choose its sub-categories, "
+                            "write `why` and set `classified_by: curated` (CONTRIBUTING.md)")
             yield name, entry.line(name), f"unknown {label.split(' (')[0]} {value!r}{near}"
 
 
@@ -698,16 +704,6 @@ def is_method(entry: Entry) -> bool:
     return entry.data.get("contribution", METHOD) in (METHOD, None)
 
 
-@rule(ERROR)
-def check_why(entry: Entry, ctx: Context) -> Iterator[Finding]:
-    """Every entry a person filed says why, in one line (`why`); only keyword-rule entries lack it."""
-    filed_by = entry.data.get("classified_by")
-    if isinstance(filed_by, str) and filed_by != WHY_REQUIRED_UNLESS and entry.data.get("why") is None:
-        yield "why", entry.line("classified_by"), (
-            f"missing: an entry filed by {filed_by!r} needs a one-line `why` (what its core technique does "
-            f"and where that puts it, e.g. 'learns the clipping bound by back-propagation → 3.1.2')")
-
-
 @rule(WARNING)
 def check_arxiv_after_venue(entry: Entry, ctx: Context) -> Iterator[Finding]:
     """A published paper whose arXiv id is younger than its venue year: legitimate (posted later),
@@ -718,14 +714,6 @@ def check_arxiv_after_venue(entry: Entry, ctx: Context) -> Iterator[Finding]:
             and entry.data.get("venue") != "arXiv":
         yield "arxiv", entry.line("arxiv"), (f"posted to arXiv in {ayear}, after its {year} venue: "
                                              "make sure the id is this paper's")
-
-
-@rule(RULE_ENTRY_SEVERITY)
-def check_not_rule_filed(entry: Entry, ctx: Context) -> Iterator[Finding]:
-    """`classified_by: rule` means nobody has read the paper yet (see RULE_ENTRY_SEVERITY)."""
-    if entry.data.get("classified_by") == "rule":
-        yield "classified_by", entry.line("classified_by"), (
-            "filed by a keyword rule, not yet read: read the paper, file it and write `why` (CONTRIBUTING.md)")
 
 
 @rule(WARNING)
@@ -794,6 +782,8 @@ def check_duplicates(entries: list[Entry], existing: list[Entry] = ()) -> list[P
 
 # ---------------------------------------------------------------- removed entries
 REMOVED_FILE = "removed.yaml"          # papers/removed.yaml: entries that left, with the reason
+UNREAD_FILE = "unread.yaml"            # papers/unread.yaml: known papers no reader could verify yet
+SIDE_FILES = (REMOVED_FILE, UNREAD_FILE)   # same shape; neither is a paper of the knowledge base
 REMOVED_FIELDS = ("id", "title", "url", "reason")
 
 
@@ -816,9 +806,32 @@ def _removed_item_problems(item, index: int, line: int, display: str) -> list[Pr
     return out
 
 
-def check_removed(papers_root: Path, tree: list[Entry]) -> list[Problem]:
-    """papers/removed.yaml: a list of {id, title, url, reason}; ids unique and not back in papers/."""
-    path = papers_root / REMOVED_FILE
+def check_side_files(papers_root: Path, tree: list[Entry]) -> list[Problem]:
+    """papers/removed.yaml and papers/unread.yaml; an id may appear in at most one of them."""
+    problems, where = [], {}
+    for name in SIDE_FILES:
+        problems += check_removed(papers_root, tree, name)
+        for rid in _side_ids(papers_root / name):
+            if rid in where:
+                problems.append(Problem(display_path(papers_root / name), 1, "id",
+                                        f"{rid!r} is also listed in papers/{where[rid]}"))
+            where.setdefault(rid, name)
+    return problems
+
+
+def _side_ids(path: Path) -> list[str]:
+    """The ids a side file lists ([] when it is absent or unreadable: check_removed reports that)."""
+    try:
+        items = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return [i["id"] for i in items or [] if isinstance(i, dict) and isinstance(i.get("id"), str)]
+
+
+def check_removed(papers_root: Path, tree: list[Entry], name: str = REMOVED_FILE) -> list[Problem]:
+    """papers/<name> (removed.yaml or unread.yaml): a list of {id, title, url, reason}; ids unique and
+    not (back) in papers/."""
+    path = papers_root / name
     if not path.exists() and not path.is_symlink():
         return []
     display = display_path(path)
@@ -845,7 +858,7 @@ def check_removed(papers_root: Path, tree: list[Entry]) -> list[Problem]:
             problems.append(Problem(display, line, "id", f"{rid!r} is listed twice (also line {seen[rid]})"))
         seen.setdefault(rid, line)
         if rid in present:
-            problems.append(Problem(display, line, "id", f"{rid!r} is listed as removed but {present[rid]} still exists"))
+            problems.append(Problem(display, line, "id", f"{rid!r} is listed in papers/{name} but {present[rid]} still exists"))
     return problems
 
 
@@ -866,8 +879,8 @@ def check_stray_files(papers_root: Path) -> list[Problem]:
             low = name.lower()
             if not (low.endswith(".yaml") or low.endswith(".yml")):
                 continue
-            if depth == 0 and name == REMOVED_FILE:
-                continue   # the list of removed entries, validated by check_removed
+            if depth == 0 and name in SIDE_FILES:
+                continue   # removed / unread entries, validated by check_side_files
             if depth != 1 or not name.endswith(".yaml"):
                 out.append(Problem(display_path(Path(dirpath, name)), 1, "(file)",
                                    "not picked up: entries must be papers/<year>/<id>.yaml"))
@@ -943,7 +956,7 @@ def validate_paths(paths: Iterable[str | Path] | None = None, *, root: Path | No
     tree, tree_problems, n_tree = _load_tree(papers_root)
     if not paths:
         targets, problems = tree, problems + tree_problems + check_stray_files(papers_root)
-        problems += check_removed(papers_root, tree)
+        problems += check_side_files(papers_root, tree)
         existing, n = [], n_tree
     else:
         # Explicit paths: folders expand to their YAML files; files are taken as given.
@@ -996,11 +1009,6 @@ def validate_text(text: str, path: Path, *, root: Path | None = None, papers_roo
     return sorted(set(problems))
 
 
-def count_rule_entries(problems: list[Problem]) -> int:
-    """How many checked entries are still filed by a keyword rule (from check_not_rule_filed's findings)."""
-    return len({p.path for p in problems if p.field == "classified_by" and p.message.startswith("filed by a keyword rule")})
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: print every problem, then a one-line summary; exit 1 on any error."""
     parser = argparse.ArgumentParser(prog="python -m site_gen check",
@@ -1015,10 +1023,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings = len(problems) - errors
     n = count[0] if count else 0
     noun = "paper" if n == 1 else "papers"
-    unread = count_rule_entries(problems)
-    if unread:
-        print(f"{unread} of {n} {noun} still filed by a keyword rule (classified_by: rule), "
-              f"reported as {RULE_ENTRY_SEVERITY}s; make RULE_ENTRY_SEVERITY an error once none is left")
     if errors:
         print(f"checked {n} {noun}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from site_gen.load import dump_paper, paper_path
 
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
 REMOVED = check.REMOVED_FILE
+UNREAD = check.UNREAD_FILE
 
 # Obvious misspellings in listed titles (the correct word is plain from the title
 # itself or from another list's copy of the same paper).
@@ -294,23 +295,24 @@ def preferred_id(r: Record) -> str:
 
 
 def known(papers: Path) -> Known:
-    """Keys of every paper in papers/ and papers/removed.yaml; ids stay taken in both."""
+    """Keys of every paper in papers/, papers/removed.yaml and papers/unread.yaml (known papers
+    waiting for a reader are not queued again); ids stay taken in all three."""
     out = Known(set(), set(), set())
     for _, data in load_existing(papers):
         out.ids.add(data["id"])
         out.keys |= paper_keys(data["title"], data.get("arxiv"), data.get("url"))
         for alt in re.findall(r"Also listed as: (.*)", str(data.get("notes") or "")):
             out.keys |= {k for t in alt.split("; ") for k in paper_keys(t)}
-    for item in read_removed(papers):
+    for item in read_removed(papers) + read_removed(papers, UNREAD):
         out.removed_ids.add(str(item.get("id")))
         out.keys |= paper_keys(item.get("title"), None, item.get("url"))
     out.ids |= out.removed_ids
     return out
 
 
-def read_removed(papers: Path) -> list[dict]:
-    """papers/removed.yaml as a list of mappings ([] when absent)."""
-    path = papers / REMOVED
+def read_removed(papers: Path, name: str | None = None) -> list[dict]:
+    """papers/removed.yaml (or another side list, e.g. unread.yaml) as a list of mappings ([] when absent)."""
+    path = papers / (name or REMOVED)
     if not path.exists():
         return []
     try:

@@ -30,7 +30,7 @@ DESCRIPTIONS = {
     "subcategories": "taxonomy sub-category ids, quoted, main one first",
     "contribution": "what the paper contributes; absent means method",
     "why": "one line: what the core technique does and where that files it (ends with -> ids)",
-    "classified_by": "who filed it: survey (the survey's figure) or curated (a person); rule is legacy",
+    "classified_by": "who filed it: survey (the survey's figure) or curated (a person who read the paper)",
     "tags": "from `tags:` in taxonomy.yaml",
     "aliases": "method names as the paper spells them",
     "refimpl": "ids of reference implementations in refimpl/",
@@ -85,10 +85,6 @@ def paper_schema(vocab: check.Vocab) -> dict:
         "required": list(check.REQUIRED),
         "properties": props,
         "allOf": [
-            # why: required unless a keyword rule filed the entry (check.check_why)
-            {"if": {"properties": {"classified_by": {"not": {"const": check.WHY_REQUIRED_UNLESS}}},
-                    "required": ["classified_by"]},
-             "then": {"required": ["why"]}},
             # a method names at least one sub-category (check.check_lists)
             {"if": {"anyOf": [{"not": {"required": ["contribution"]}},
                               {"properties": {"contribution": {"const": check.METHOD}}}]},

@@ -149,26 +149,28 @@ WHY_LINE = next(line for line in GOOD.splitlines() if line.startswith("why:"))
 
 
 @pytest.mark.parametrize("filed_by", ["survey", "curated"])
-def test_why_is_required_unless_a_rule_filed_the_entry(root, filed_by):
+def test_why_is_required_whoever_filed_the_entry(root, filed_by):
     _write(root, GOOD.replace(WHY_LINE + "\n", "").replace("classified_by: survey", f"classified_by: {filed_by}"))
     problems = errors(run(root))
-    assert [(p.field, p.line) for p in problems] == [("why", line_of(GOOD, "classified_by:") - 1)]
-    assert f"an entry filed by '{filed_by}' needs a one-line `why`" in problems[0].message
+    assert [p.field for p in problems] == ["why"]
+    assert problems[0].message.startswith("missing required field (one line in your own words")
 
 
-def test_rule_entry_is_a_warning_for_now_and_counted(root):
-    _write(root, GOOD.replace(WHY_LINE + "\n", "").replace("classified_by: survey", "classified_by: rule"))
-    problems = run(root)
-    assert errors(problems) == []
-    assert [(p.severity, p.field) for p in problems] == [(check.RULE_ENTRY_SEVERITY, "classified_by")]
-    assert check.count_rule_entries(problems) == 1
-    proc = _cli(root)
-    assert proc.returncode == 0 and "1 of 1 paper still filed by a keyword rule" in proc.stdout
+def test_authors_are_required(root):
+    lines = GOOD.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("authors:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("- "))
+    _write(root, "".join(lines[:start] + lines[end:]))
+    assert [(p.field, p.message) for p in errors(run(root))] == [
+        ("authors", "missing required field (all authors in order, as the paper prints them)")]
 
 
-def test_rule_severity_is_one_constant_to_flip(monkeypatch):
-    # the rule is registered with the constant's value; flipping it is a one-line change
-    assert check.check_not_rule_filed.severity == check.RULE_ENTRY_SEVERITY == check.WARNING
+def test_keyword_rule_filing_is_refused(root):
+    _write(root, GOOD.replace("classified_by: survey", "classified_by: rule"))
+    problems = errors(run(root))
+    assert [p.field for p in problems] == ["classified_by"]
+    assert "keyword rules no longer file papers; read the paper" in problems[0].message
+    assert _cli(root).returncode == 1
 
 
 def test_non_method_may_list_no_subcategory_but_a_method_must(root):
@@ -184,6 +186,15 @@ def _removed(root: Path, items) -> list[check.Problem]:
     return [p for p in errors(run(root)) if p.path.endswith("removed.yaml")]
 
 
+def test_unread_list_is_checked_like_removed_and_ids_are_in_one_list_only(root):
+    item = {"id": "hashing-paper", "title": "Deep Hashing", "url": "https://example.org/h", "reason": "x"}
+    (root / "papers" / "unread.yaml").write_text(yaml.safe_dump([item, {**item, "id": "gptq"}]), encoding="utf-8")
+    _removed(root, [item])
+    msgs = [p.message for p in errors(run(root))]
+    assert "'hashing-paper' is also listed in papers/removed.yaml" in msgs
+    assert any("'gptq' is listed in papers/unread.yaml but" in m for m in msgs)
+
+
 def test_removed_list_is_allowed_and_checked(root):
     assert _removed(root, []) == []
     good = {"id": "hashing-paper", "title": "Deep Hashing", "url": "https://example.org/h", "reason": "not quantization"}
@@ -194,7 +205,7 @@ def test_removed_list_is_allowed_and_checked(root):
         {"id": "Bad Id", "title": "", "url": "javascript:alert(1)", "reason": "x", "extra": 1},
     ]))
     assert any("'hashing-paper' is listed twice" in m for m in msgs)
-    assert any("'gptq' is listed as removed but papers/2023/gptq.yaml still exists" in m.replace(str(root) + "/", "")
+    assert any("'gptq' is listed in papers/removed.yaml but papers/2023/gptq.yaml still exists" in m.replace(str(root) + "/", "")
                for m in msgs)
     assert {"'Bad Id' is not kebab-case", "must be a non-empty string", "unknown field 'extra' (allowed: id, title, url, reason)"} \
         <= set(msgs)
