@@ -15,8 +15,9 @@ import markdown
 import pytest
 import yaml
 
-from site_gen import ROOT, build, render
-from site_gen.load import dump_paper
+from site_gen import ROOT
+from site_gen.kb.load import dump_paper
+from site_gen.site import build, render
 
 HOSTILE_TITLE = ("Evil <script>alert(1)</script> <img src=x onerror=alert(1)> "
                  "[x](javascript:alert(1)) a|b *bold* _it_ `tick` {: onclick=alert(1)} \\ & #h")

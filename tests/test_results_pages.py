@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from site_gen import ROOT, build, peers, plots, results, techpages
+from site_gen import ROOT
+from site_gen.site import build, peers, plots, results, techpages
 from test_build import make_tree, parse_html, table_rows, to_html
 
 REF = {"commit": "c" * 40, "torch": "2.13.0+cpu"}

@@ -22,7 +22,7 @@ import io
 import json
 import re
 
-from site_gen import render
+from site_gen.site import render
 
 JSON_NAME, CSV_NAME, BIB_NAME = "papers.json", "papers.csv", "papers.bib"
 CSV_COLUMNS = ("id", "title", "authors", "year", "venue", "url", "arxiv", "code",

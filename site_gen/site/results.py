@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen import plots
-from site_gen.render import BuildError, md_text
+from site_gen.site import plots
+from site_gen.site.render import BuildError, md_text
 
 REQUIRED = ("technique", "task", "setting", "config", "metrics", "fp_baseline", "provenance", "timing")
 CONFIG_KEYS = ("bits", "group_size", "sym", "act_bits")

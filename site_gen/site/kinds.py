@@ -4,14 +4,14 @@ Sub-category pages describe methods; surveys, benchmarks, hardware designs and a
 page per kind here, grouped by the sub-categories they touch (the ones they name, if any).
 Also: the home page's counts per kind and per `classified_by`, and the page of entries that
 left the knowledge base (papers/removed.yaml) with the reason for each. Pure functions, like
-site_gen.render, whose escaping helpers they use.
+site_gen.site.render, whose escaping helpers they use.
 """
 from __future__ import annotations
 
 from collections import Counter
 
-from site_gen.render import (FILED_BY, by_year_then_title, count_label, html_attr, html_text, md_link,
-                             md_text, paper_table)
+from site_gen.site.render import (FILED_BY, by_year_then_title, count_label, html_attr, html_text,
+                                  md_link, md_text, paper_table)
 
 METHOD = "method"
 # Page heading per contribution kind; a kind taxonomy.yaml adds later is shown by its name.

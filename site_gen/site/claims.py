@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from site_gen.render import md_code, md_text
+from site_gen.site.render import md_code, md_text
 
 PAGE = "generated/claims.md"
 NOT_MEASURED = "not measured"

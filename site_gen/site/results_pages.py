@@ -8,15 +8,15 @@
     part.nav     entries for the mkdocs nav ("Reference implementations", "Results")
 
 Every page is derived from the registry, results/ and benchmarks/results/; charts are cached
-under <root>/.cache/site-plots (see site_gen.plots), so rebuilding costs little.
+under <root>/.cache/site-plots (see site_gen.site.plots), so rebuilding costs little.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen import claims, peers, results, techpages
-from site_gen.render import md_code, md_text
+from site_gen.site import claims, peers, results, techpages
+from site_gen.site.render import md_code, md_text
 
 RESULTS_DIR = "generated/results"
 

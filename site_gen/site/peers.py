@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from site_gen.render import md_code, md_text
-from site_gen.results import fmt
+from site_gen.site.render import md_code, md_text
+from site_gen.site.results import fmt
 
 _NOT_PEERS = {"ours", "setup", "provenance", "by_bits", "by_mode"}
 _NESTED = {"by_bits": "{}-bit", "by_mode": "{}"}

@@ -3,7 +3,7 @@
 A page shows the module docstring (rendered: paragraphs, lists, indented equations as code
 blocks, `names` as code), a usage snippet generated from the technique's kind (tests execute
 every snippet, see tests/test_results_pages.py), its options, source and test files, its
-paper(s), and the measured results with charts and provenance (site_gen.results).
+paper(s), and the measured results with charts and provenance (site_gen.site.results).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import inspect
 import re
 from pathlib import Path
 
-from site_gen.render import md_code, md_link, md_text
+from site_gen.site.render import md_code, md_link, md_text
 
 TECH_DIR = "generated/techniques"
 QUICK_STEPS = 20                         # training-style options get this in usage snippets
@@ -199,7 +199,7 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
                    tests: list[str], results_md: str, code: str = "", differences: str = "") -> str:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
     page, label), for its own section and its papers' sections; `differences` is the
-    "Differences from the paper" box (site_gen.claims.technique_box), shown after the explanation."""
+    "Differences from the paper" box (site_gen.site.claims.technique_box), shown after the explanation."""
     from refimpl.bench.tasks import tasks_of
     sub = sub_links.get(tech.subcategory)
     section = f"[{md_text(sub[1])}]({sub[0]})" if sub else md_text(

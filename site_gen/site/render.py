@@ -1,6 +1,6 @@
 """Turning the knowledge base into text: escaping helpers, Markdown pages and the taxonomy diagram.
 
-Every function here is pure (data in, text out) so that `site_gen.build` can compare a fresh
+Every function here is pure (data in, text out) so that `site_gen.site.build` can compare a fresh
 rendering with the files on disk byte for byte. Every string that comes from YAML passes
 through exactly one escaping helper chosen for where it lands: `md_text` (Markdown prose, table
 cells, link texts), `html_text` / `html_attr` (raw HTML and SVG) and `safe_url` (link targets).
@@ -187,7 +187,7 @@ def count_label(n: int) -> str:
 def subcategory_page(sub: dict, cat: dict, papers: list[dict], techniques: dict,
                      papers_by_id: dict, results_card: str = "") -> str:
     """Markdown for one sub-category: summary, mechanism, survey methods, refimpls, papers.
-    `results_card`: Markdown of its techniques' measured results (site_gen.results.card)."""
+    `results_card`: Markdown of its techniques' measured results (site_gen.site.results.card)."""
     return "\n".join([
         f"# {md_text(sub['id'])} {md_text(sub['name'])}",
         "",
