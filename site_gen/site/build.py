@@ -29,7 +29,7 @@ import yaml
 from site_gen import ROOT
 from site_gen.kb import check, load, schema
 from site_gen.site import deploy_page, exports, kinds, render, results_pages
-from site_gen.site.render import BuildError
+from site_gen.site.templating import BuildError
 
 GENERATED = "docs/generated"
 README = "README.md"
