@@ -51,11 +51,6 @@ def paper_rows(papers: list[dict]) -> list[dict]:
     return [paper_row(p) for p in by_year_then_title(papers)]
 
 
-def paper_table(papers: list[dict]) -> Safe:
-    """Year | Venue | Title | Code | Tags | Filed (with why), newest first; a note when there are none."""
-    return render("_paper_table.md.j2", papers=paper_rows(papers))
-
-
 def survey_methods(methods: list[str]) -> list[str]:
     """The survey's method names; bare references ("ref-30") read as "ref. 30"."""
     return [f"ref. {m[4:]}" if re.fullmatch(r"ref-\d+", m) else m for m in methods]

@@ -9,7 +9,9 @@ code hash — technique file + the refimpl modules it imports — differs from t
 "other torch", "older task version". A record from an older commit whose code is unchanged is
 not marked, but its commit is named beside it ("commit 05abf66") and in the provenance line.
 The marks do not depend on the git HEAD, so committing does not make the generated pages stale;
-editing a technique does.
+editing a technique does. The functions here prepare the data of the templates
+_technique_results.md.j2, _results_card.md.j2, leaderboard.md.j2, _provenance.md.j2 and
+_act_ranges.md.j2; values stay raw (numbers formatted) and the templates escape them.
 """
 from __future__ import annotations
 
@@ -430,8 +432,9 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
              for i, ((tid, var), cells) in enumerate(ordered)]
     # measured only at settings no other technique shares: listed, not dropped
     alone = [{"id": tid, "link": tech_links.get(tid), "name": res.names.get(tid, tid), "variant": var,
-              "cells": [{"setting": col_label(k), "value": fmt(r["metrics"].get(primary)), "flagged": bool(res.flags(r))}
-                         for k, r in sorted(cells.items(), key=lambda kr: col_order(kr[0]))]}
+              "cells": [{"setting": col_label(k), "value": fmt(r["metrics"].get(primary)),
+                         "flagged": bool(res.flags(r))}
+                        for k, r in sorted(cells.items(), key=lambda kr: col_order(kr[0]))]}
              for (tid, var), cells in sorted(rows.items(), key=rank) if not any(k in cells for k in cols)]
     name = f"pareto--{task}.svg"
     page.update(primary=primary, direction="higher" if higher else "lower", fp=fmt(recs[0]["fp_baseline"].get(primary)),
