@@ -12,10 +12,10 @@ import sys
 
 # command -> (module, one-line help). Every module exposes main(argv) -> int.
 COMMANDS = {
-    "check": ("site_gen.check", "validate papers/ and taxonomy.yaml (or the given files)"),
-    "add": ("site_gen.add", "add a paper from its arXiv id"),
-    "import-awesome": ("site_gen.importer", "import entries from awesome-list JSON files"),
-    "build": ("site_gen.build", "generate the site pages and README (--check: fail if stale)"),
+    "check": ("site_gen.kb.check", "validate papers/ and taxonomy.yaml (or the given files)"),
+    "add": ("site_gen.kb.add", "add a paper from its arXiv id"),
+    "import-awesome": ("site_gen.kb.importer", "import entries from awesome-list JSON files"),
+    "build": ("site_gen.site.build", "generate the site pages and README (--check: fail if stale)"),
     "bench": ("site_gen.bench", "alias of `python -m refimpl bench`: run benchmarks and record results"),
 }
 

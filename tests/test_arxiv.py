@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from site_gen import add, arxiv, check
+from site_gen.kb import add, arxiv, check
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WHY = "quantizes weights one column at a time and updates the rest with the inverse Hessian → 3.2.3"

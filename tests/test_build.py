@@ -15,8 +15,9 @@ import markdown
 import pytest
 import yaml
 
-from site_gen import ROOT, build, render
-from site_gen.load import dump_paper
+from site_gen import ROOT
+from site_gen.kb.load import dump_paper
+from site_gen.site import build, escape
 
 HOSTILE_TITLE = ("Evil <script>alert(1)</script> <img src=x onerror=alert(1)> "
                  "[x](javascript:alert(1)) a|b *bold* _it_ `tick` {: onclick=alert(1)} \\ & #h")
@@ -275,15 +276,15 @@ def test_svg_and_nav_escape_taxonomy_names(tree):
     (42, None),
 ], ids=lambda v: repr(v)[:30])
 def test_safe_url(url, expected):
-    assert render.safe_url(url) == expected
+    assert escape.safe_url(url) == expected
 
 
 def test_md_text_escapes_every_markdown_metacharacter():
-    assert render.md_text("a|b") == "a&#124;b"
-    assert render.md_text("<x> & y") == "&lt;x&gt; &amp; y"
-    assert render.md_text("[t](u) *s* _e_ `c` #h {a} !i \\") == \
+    assert escape.md_text("a|b") == "a&#124;b"
+    assert escape.md_text("<x> & y") == "&lt;x&gt; &amp; y"
+    assert escape.md_text("[t](u) *s* _e_ `c` #h {a} !i \\") == \
         "\\[t\\]\\(u\\) \\*s\\* \\_e\\_ \\`c\\` \\#h \\{a\\} \\!i \\\\"
-    assert render.md_text("line one\n\n# not a heading") == "line one \\# not a heading"
+    assert escape.md_text("line one\n\n# not a heading") == "line one \\# not a heading"
 
 
 # ---------------------------------------------------------------- page contents

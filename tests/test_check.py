@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from site_gen import ROOT, check
-from site_gen.load import FIELD_ORDER
+from site_gen import ROOT
+from site_gen.kb import check
+from site_gen.kb.load import FIELD_ORDER
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOOD = (FIXTURES / "papers" / "2023" / "gptq.yaml").read_text(encoding="utf-8")
@@ -343,7 +344,7 @@ def test_stray_files_and_folders_are_reported(root):
 
 
 def _cli(root: Path, *args) -> subprocess.CompletedProcess:
-    code = ("import sys; from pathlib import Path; from site_gen import check; "
+    code = ("import sys; from pathlib import Path; from site_gen.kb import check; "
             "check.ROOT = Path(sys.argv[1]); sys.exit(check.main(sys.argv[2:]))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, str(root), *args], capture_output=True, text=True,

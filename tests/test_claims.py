@@ -1,4 +1,4 @@
-"""site_gen.claims: verdicts computed from records over seeds, and the Markdown escapes its values."""
+"""site_gen.site.claims: verdicts computed from records over seeds, and the Markdown escapes its values."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from refimpl.core.registry import Claim, Deviation
-from site_gen import claims
+from site_gen.site import claims
 
 CLAIM = Claim(text="p=1/2 beats p=0", task="digits-cnn", setting="w2-pc-sym-a4",
               versus="qdrop/w2-pc-sym-a4-p=0.0", metric="accuracy", higher_is_better=True, cause="*fixed* steps")

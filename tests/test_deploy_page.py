@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from site_gen import deploy_page
+from site_gen.site import deploy_page
 
 
 def test_without_records_the_page_says_not_measured(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for the paper exports (site_gen/exports.py) and the filterable all-papers table.
+"""Tests for the paper exports (site_gen/site/exports.py) and the filterable all-papers table.
 
 papers.json must give back every paper exactly as its YAML holds it, papers.csv must parse with
 the csv module into one row per paper, papers.bib must hold one well-formed entry per paper with
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from site_gen import ROOT, build, exports
+from site_gen import ROOT
+from site_gen.site import build, exports
 from test_build import PAPERS, make_tree, run_main
 
 GEN = "docs/generated"

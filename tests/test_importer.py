@@ -1,4 +1,4 @@
-"""Tests for `site_gen import-awesome` (site_gen.importer) and the keyword hints (site_gen.classify).
+"""Tests for `site_gen import-awesome` (site_gen.kb.importer) and the keyword hints (site_gen.kb.classify).
 
 Small fixture lists are written into tmp_path by each test; the last test reads the real
 lists in /work/shared/data only when they exist. Nothing is ever filed by keyword: the queue
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from site_gen.classify import suggest_subcategory, survey_index, survey_match, tags_for
-from site_gen.importer import main
-from site_gen.load import dump_paper, load_taxonomy
+from site_gen.kb.classify import suggest_subcategory, survey_index, survey_match, tags_for
+from site_gen.kb.importer import main
+from site_gen.kb.load import dump_paper, load_taxonomy
 
 TAXONOMY = load_taxonomy()
 INDEX = survey_index(TAXONOMY)

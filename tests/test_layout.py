@@ -1,5 +1,6 @@
-"""The house's shape: refimpl never imports site_gen, and no two modules import each other (directly or
-around a longer loop), counting imports inside functions too, since a lazy import is still a dependency."""
+"""The house's shape: refimpl never imports site_gen, the knowledge base (site_gen.kb) never imports the site
+(site_gen.site), and no two modules import each other (directly or around a longer loop), counting imports
+inside functions too, since a lazy import is still a dependency."""
 from __future__ import annotations
 
 import ast
@@ -82,6 +83,20 @@ def test_no_import_cycles_and_refimpl_never_imports_site_gen():
     assert cycles(graph) == []
     leaks = sorted(n for n, deps in graph.items() if n.startswith("refimpl") and any(d.startswith("site_gen") for d in deps))
     assert leaks == []
+
+
+def test_the_knowledge_base_never_imports_the_site():
+    known = modules()
+    leaks = sorted((n, d) for n, p in known.items() if n.startswith("site_gen.kb")
+                   for d in imports_of(n, p, known) if d.startswith("site_gen.site"))
+    assert leaks == []
+
+
+def test_site_gen_top_level_holds_only_the_cli_and_the_bench_alias():
+    # everything else lives in a sub-package with one reason to change (kb: the data, site: the pages)
+    top = sorted(p.name for p in (ROOT / "site_gen").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "bench.py"]
+    assert {"kb", "site"} <= {p.name for p in (ROOT / "site_gen").iterdir() if (p / "__init__.py").is_file()}
 
 
 def test_the_cycle_finder_finds_a_loop():

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from site_gen import ROOT, check, schema
+from site_gen import ROOT
+from site_gen.kb import check, schema
 
 VOCAB, _ = check.load_vocab(ROOT / "taxonomy.yaml")
 SCHEMA = schema.paper_schema(VOCAB)

@@ -1,6 +1,6 @@
 /* Low-Bit Atlas: filter and sort the all-papers table (docs/generated/papers.md).
 
-   The generator (site_gen/render.py, all_papers_page) writes every paper as a <tr> with data-*
+   The generator (site_gen/templates/papers_table.html.j2) writes every paper as a <tr> with data-*
    attributes: data-id, data-year, data-venue, data-subs and data-tags ("|"-separated),
    data-code ("1"/"0"), data-refimpl ("|"-separated technique ids) and, when known,
    data-authors. This script builds the controls from those attributes, hides the rows that do

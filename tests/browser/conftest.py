@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from site_gen import ROOT
-from site_gen.load import dump_paper
+from site_gen.kb.load import dump_paper
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 WINDOW = (1280, 900)

@@ -22,7 +22,7 @@ import io
 import json
 import re
 
-from site_gen import render
+from site_gen.site.escape import safe_url
 
 JSON_NAME, CSV_NAME, BIB_NAME = "papers.json", "papers.csv", "papers.bib"
 CSV_COLUMNS = ("id", "title", "authors", "year", "venue", "url", "arxiv", "code",
@@ -97,12 +97,12 @@ def bib_entry(paper: dict) -> str:
     if paper.get("authors"):
         fields.append(("author", " and ".join(latex_text(a) for a in paper["authors"])))
     fields += [(venue_field, latex_text(paper["venue"])), ("year", str(paper["year"]))]
-    url = render.safe_url(paper.get("url"))
+    url = safe_url(paper.get("url"))
     if url:
         fields.append(("url", url))
     if paper.get("arxiv"):
         fields += [("eprint", latex_text(paper["arxiv"])), ("archiveprefix", "arXiv")]
-    code = render.safe_url(paper.get("code"))
+    code = safe_url(paper.get("code"))
     if code:
         # Plain escaped text, not \url{}: biblatex stores `note` as a macro argument, where a
         # raw % or # inside \url would break the .bbl.

@@ -36,9 +36,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from site_gen import ROOT, check
-from site_gen.classify import survey_index, survey_match, title_method
-from site_gen.load import dump_paper, paper_path
+from site_gen import ROOT
+from site_gen.kb import check
+from site_gen.kb.classify import survey_index, survey_match, title_method
+from site_gen.kb.load import dump_paper, paper_path
 
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
 REMOVED = check.REMOVED_FILE

@@ -8,15 +8,15 @@
     part.nav     entries for the mkdocs nav ("Reference implementations", "Results")
 
 Every page is derived from the registry, results/ and benchmarks/results/; charts are cached
-under <root>/.cache/site-plots (see site_gen.plots), so rebuilding costs little.
+under <root>/.cache/site-plots (see site_gen.site.plots), so rebuilding costs little.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen import claims, peers, results, techpages
-from site_gen.render import md_code, md_text
+from site_gen.site import claims, peers, results, techpages
+from site_gen.site.templating import Safe, render
 
 RESULTS_DIR = "generated/results"
 
@@ -56,14 +56,13 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
     part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     for t in techs:
         body, charts = results.technique_tables(t.id, res, "../plots", cache)
-        if t.id == "tdq":
-            body = body.rstrip("\n") + "\n\n" + profile
         own = [papers_by_id[t.paper]] if t.paper in papers_by_id else []
         own += [p for p in papers if t.id in (p.get("refimpl") or []) and p["id"] != t.paper]
         part.pages[techpages.page_path(t.id)] = techpages.technique_page(
             t, techniques[t.id].get("source", ""), from_tech, own,
             techpages.find_tests(tests, t), body, _read(root, techniques[t.id].get("source", "")),
-            claims.technique_box(t, [c for c in checked if c.technique == t.id], "../claims.md", same_dir))
+            claims.technique_box(t, [c for c in checked if c.technique == t.id], "../claims.md", same_dir),
+            extra=profile if t.id == "tdq" else "")
         part.files.update({f"docs/{k}": v for k, v in charts.items()})
     counts = {t.id: sum(r["technique"] == t.id for r in res.records) for t in techs}
     part.pages[f"{techpages.TECH_DIR}/index.md"] = techpages.index_page(techs, from_tech, counts)
@@ -78,9 +77,8 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
     from_results = {t.id: f"../techniques/{t.id}.md" for t in techs}
     boards = []
     for task in sorted(res.tasks):
-        text, charts = results.leaderboard(task, res, from_results, "../plots", cache)
-        if task == "digits-ddpm" and profile:
-            text = text.rstrip("\n") + "\n\n" + profile
+        text, charts = results.leaderboard(task, res, from_results, "../plots", cache,
+                                           extra=profile if task == "digits-ddpm" else "")
         part.pages[f"{RESULTS_DIR}/{task}.md"] = text
         part.files.update({f"docs/{k}": v for k, v in charts.items()})
         boards.append({f"Leaderboard: {task}": f"{RESULTS_DIR}/{task}.md"})
@@ -102,33 +100,18 @@ def _read(root: Path, rel: str) -> str:
     return path.read_text(encoding="utf-8") if rel and path.is_file() else ""
 
 
-def results_index(res: results.Results, techs: list) -> str:
+def results_index(res: results.Results, techs: list) -> Safe:
+    """Every task: primary metric, techniques measured of those able, records, marked ones; failed runs."""
     from refimpl.bench.tasks import tasks_of
-    lines = ["# Results", "",
-             "Every number on this site is measured by `python -m refimpl bench` (each run in its own "
-             "process, cached by code hash and configuration) and stored with its provenance under "
-             "`results/<task>/<technique>/<setting>.json`. Nothing is typed in by hand.", ""]
-    if res.ref:
-        lines += [f"Newest record: commit {md_code(str(res.ref['commit'])[:7])}, "
-                  f"{md_text(str(res.ref['date'])[:10])}, torch {md_text(res.ref['torch'])}. Records "
-                  "from another commit, torch or task version, or whose code has changed since, are "
-                  "marked † wherever they appear.", ""]
-    lines += ["| Task | Primary metric | Techniques measured | Records | Marked † |", "|---|---|---|---|---|"]
+    ref = {"commit": str(res.ref["commit"])[:7], "date": str(res.ref["date"])[:10], "torch": res.ref["torch"]} \
+        if res.ref else None
+    tasks = []
     for task in sorted(res.tasks):
         recs = res.of(task)
         cls = res.tasks[task]
-        able = sum(task in tasks_of(t) for t in techs)
-        lines.append(f"| [{md_text(task)}]({task}.md) | {md_text(cls.primary)} "
-                     f"({'higher' if cls.higher_is_better else 'lower'} is better) "
-                     f"| {len({r['technique'] for r in recs})} of {able} | {len(recs)} "
-                     f"| {sum(bool(res.flags(r)) for r in recs)} |")
-    lines += ["", "The [peers panel](peers.md) compares our implementations with llm-compressor, hqq, "
-              "bitsandbytes and optimum-quanto.", ""]
-    if res.failures:
-        lines += ["## Runs that failed", "",
-                  "From `results/_failures.json`, written by the last `refimpl bench` that saw them fail.", "",
-                  "| Task | Technique | Setting | Error |", "|---|---|---|---|"]
-        lines += [f"| {md_text(f.get('task'))} | {md_text(f.get('technique'))} | {md_text(f.get('setting'))} "
-                  f"| {md_text(f.get('error'))} |" for f in res.failures]
-        lines.append("")
-    return "\n".join(lines)
+        tasks.append({"task": task, "page": f"{task}.md", "primary": cls.primary,
+                      "direction": "higher" if cls.higher_is_better else "lower",
+                      "measured": len({r["technique"] for r in recs}), "able": sum(task in tasks_of(t) for t in techs),
+                      "records": len(recs), "flagged": sum(bool(res.flags(r)) for r in recs)})
+    failures = [{k: f.get(k) for k in ("task", "technique", "setting", "error")} for f in res.failures]
+    return render("results_index.md.j2", ref=ref, tasks=tasks, failures=failures)

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from site_gen.render import md_code, md_text
+from site_gen.site.templating import Safe, fragment, render
 
 PAGE = "generated/claims.md"
 NOT_MEASURED = "not measured"
@@ -93,69 +93,32 @@ def _value(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
 
-def _versus(claim, links: dict[str, str]) -> str:
-    other, _, setting = claim.versus.partition("/")
-    name = f"[{md_text(other)}]({links[other]})" if other in links else md_code(other)
-    return f"{name} {md_code(setting)}"
-
-
-def _values(c: Checked) -> str:
-    seeds = f", {c.seeds} seeds" if c.seeds > 1 else ""
-    lean = f" ({c.lean} on the point values{seeds})" if c.lean else ""
-    diff = f"; difference {c.interval[0]:+.3g} [{c.interval[1]:+.3g}, {c.interval[2]:+.3g}]" if c.interval else ""
-    return f"{_value(c.ours)} vs {_value(c.theirs)} {md_code(c.claim.metric)}{lean}{diff}"
-
-
-def _cause(c: Checked) -> str:
+def claim_row(c: Checked, links: dict[str, str]) -> dict:
+    """What the box and the table show of one checked claim; `links`: technique id -> page link."""
+    other, _, setting = c.claim.versus.partition("/")
+    versus = fragment("_claim_versus.md.j2", technique=other, link=links.get(other), setting=setting)
+    values = fragment("_claim_values.md.j2", ours=_value(c.ours), theirs=_value(c.theirs), metric=c.claim.metric,
+                      lean=c.lean, seeds=c.seeds,
+                      interval=tuple(f"{x:+.3g}" for x in c.interval) if c.interval else None)
     # a cause only explains a claim that did not come out confirmed
-    return md_text(c.claim.cause) if c.claim.cause and c.verdict != VERDICTS["better"] else ""
+    cause = c.claim.cause if c.claim.cause and c.verdict != VERDICTS["better"] else ""
+    return {"technique": c.technique, "text": c.claim.text, "task": c.claim.task, "setting": c.claim.setting,
+            "versus": versus, "compared": values, "verdict": c.verdict, "cause": cause}
 
 
-def _indent(lines: list[str]) -> list[str]:
-    return [("    " + line).rstrip() for line in lines]
-
-
-def technique_box(tech, checked: list[Checked], claims_link: str, links: dict[str, str]) -> str:
+def technique_box(tech, checked: list[Checked], claims_link: str, links: dict[str, str]) -> Safe:
     """The "Differences from the paper" admonition of a technique page: its deviations, then
     its claims with their verdicts. `links` maps technique id -> page link from this page."""
-    body: list[str] = []
-    if tech.deviations is None:
-        body.append("_Not reviewed yet._")
-    elif not tech.deviations:
-        body.append("Reviewed: none. The module follows the paper's method.")
-    else:
-        for d in tech.deviations:
-            body.append(f"- **{md_text(d.what)}** Why: {md_text(d.why)} Effect: {md_text(d.effect)}")
-    body.append("")
-    body.append(f"**The paper's claim, checked** ([all claims]({claims_link})):")
-    body.append("")
-    for c in checked:
-        cause = _cause(c)
-        body.append(f"- {md_text(c.claim.text)} — {md_code(c.claim.task)} {md_code(c.claim.setting)} "
-                    f"vs {_versus(c.claim, links)}: {_values(c)} → **{md_text(c.verdict)}**"
-                    + (f". Likely cause: {cause}" if cause else ""))
-    if not checked:
-        body.append("- _No claim stated._")
-    kind = "warning" if tech.deviations else "note"
-    return "\n".join([f'!!! {kind} "Differences from the paper"', ""] + _indent(body)) + "\n"
+    deviations = None if tech.deviations is None else [
+        {"what": d.what, "why": d.why, "effect": d.effect} for d in tech.deviations]
+    return render("_differences.md.j2", deviations=deviations, claims_link=claims_link,
+                  checked=[claim_row(c, links) for c in checked])
 
 
-def claims_page(checked: list[Checked], names: dict[str, str], links: dict[str, str]) -> str:
+def claims_page(checked: list[Checked], names: dict[str, str], links: dict[str, str]) -> Safe:
     """One table for the whole atlas: technique, claim, task/setting, ours vs versus, verdict, cause."""
     counts = {v: sum(c.verdict == v for c in checked) for v in [*VERDICTS.values(), NOT_MEASURED]}
-    summary = ", ".join(f"{n} {md_text(v)}" for v, n in counts.items() if n)
-    lines = ["# Claims checked", "",
-             "Each technique states a claim of its paper that our tasks can test; the verdict is computed "
-             "from the records by a paired comparison (`refimpl.bench.stats.compare`): *confirmed* or "
-             "*not confirmed* only when the interval of the difference excludes zero, *inconclusive* "
-             "otherwise. With one seed and no per-example data there is no interval, so the point values "
-             "are shown but the verdict stays inconclusive.", "",
-             f"{len(checked)} claims: {summary or 'none'}.", "",
-             "| Technique | Claim | Task / setting | Ours vs versus | Verdict | Likely cause |",
-             "|---|---|---|---|---|---|"]
-    for c in checked:
-        tech = (f"[{md_text(names.get(c.technique, c.technique))}]({links[c.technique]})"
-                if c.technique in links else md_code(c.technique))
-        lines.append(f"| {tech} | {md_text(c.claim.text)} | {md_code(c.claim.task)} {md_code(c.claim.setting)} "
-                     f"vs {_versus(c.claim, links)} | {_values(c)} | {md_text(c.verdict)} | {_cause(c)} |")
-    return "\n".join(lines) + "\n"
+    rows = [dict(claim_row(c, links), name=names.get(c.technique, c.technique), link=links.get(c.technique))
+            for c in checked]
+    return render("claims.md.j2", checked=rows,
+                  summary=[{"n": n, "verdict": v} for v, n in counts.items() if n])

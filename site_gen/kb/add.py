@@ -3,8 +3,8 @@
 Title, authors and year come from the arXiv export API; the filing (sub-categories,
 contribution, one-line `why`) comes from the person on the command line, who has read the
 paper. Without `--subcategory` a method is not filed: the command prints the sub-category
-that the title's keywords suggest (site_gen.classify), as a hint to check, and writes
-nothing. The entry is validated with `site_gen.check` before anything is written,
+that the title's keywords suggest (site_gen.kb.classify), as a hint to check, and writes
+nothing. The entry is validated with `site_gen.kb.check` before anything is written,
 and written atomically (temporary file + os.replace), so any failure leaves papers/ as
 it was.
 """
@@ -19,10 +19,10 @@ import unicodedata
 from pathlib import Path
 
 from site_gen import ROOT
-from site_gen import arxiv as arxiv_api
-from site_gen import check
-from site_gen.classify import suggest_subcategory
-from site_gen.load import dump_paper
+from site_gen.kb import arxiv as arxiv_api
+from site_gen.kb import check
+from site_gen.kb.classify import suggest_subcategory
+from site_gen.kb.load import dump_paper
 
 MAX_ID_WORDS = 5
 

@@ -3,7 +3,7 @@
 A page shows the module docstring (rendered: paragraphs, lists, indented equations as code
 blocks, `names` as code), a usage snippet generated from the technique's kind (tests execute
 every snippet, see tests/test_results_pages.py), its options, source and test files, its
-paper(s), and the measured results with charts and provenance (site_gen.results).
+paper(s), and the measured results with charts and provenance (site_gen.site.results).
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import inspect
 import re
 from pathlib import Path
 
-from site_gen.render import md_code, md_link, md_text
+from site_gen.site.escape import md_text
+from site_gen.site.templating import Safe, code_block, render, stripped
 
 TECH_DIR = "generated/techniques"
 QUICK_STEPS = 20                         # training-style options get this in usage snippets
@@ -21,10 +22,13 @@ SENTENCES = ("Full fathom five thy father lies.", "We are such stuff as dreams a
              "Lord, what fools these mortals be!")
 
 
-# what each non-post-training kind reads from the task (refimpl/core/data.py)
-DATA_NEEDS = {"qat": "fine-tunes on the task's training data", "mixed-precision": "uses the task's training data",
-              "data-free": "no data (real calibration only in its `source=real` variant)",
-              "ptq-block": "calibration data needed", "diffusion": "calibration from the sampling trajectory"}
+# what each non-post-training kind reads from the task (refimpl/core/data.py); Markdown written
+# here (one holds a code span), hence Safe
+DATA_NEEDS = {kind: Safe(text) for kind, text in {
+    "qat": "fine-tunes on the task's training data", "mixed-precision": "uses the task's training data",
+    "data-free": "no data (real calibration only in its `source=real` variant)",
+    "ptq-block": "calibration data needed", "diffusion": "calibration from the sampling trajectory"}.items()}
+
 
 def page_path(tid: str) -> str:
     return f"{TECH_DIR}/{tid}.md"
@@ -67,7 +71,7 @@ def _text_segment(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def docstring_markdown(doc: str) -> str:
+def docstring_markdown(doc: str) -> Safe:
     """A module docstring as Markdown: blank-line separated blocks; lines indented 4+ spaces
     form text code blocks (equations, shapes), list items stay lists, the rest is prose."""
     out = []
@@ -88,7 +92,8 @@ def docstring_markdown(doc: str) -> str:
             if line is not None:
                 seg.append(line)
                 indented = is_code
-    return "\n\n".join(x for x in out if x.strip()) + "\n"
+    # built from escaped prose (_inline) and text code blocks, so the result is safe to print
+    return Safe("\n\n".join(x for x in out if x.strip()) + "\n")
 
 
 # ---------------------------------------------------------------- usage snippet
@@ -196,48 +201,30 @@ def find_tests(tests: dict[str, str], tech) -> list[str]:
 
 
 def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], papers: list[dict],
-                   tests: list[str], results_md: str, code: str = "", differences: str = "") -> str:
+                   tests: list[str], results_md: Safe | str, code: str = "", differences: Safe | str = "",
+                   extra: Safe | str = "") -> Safe:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
     page, label), for its own section and its papers' sections; `differences` is the
-    "Differences from the paper" box (site_gen.claims.technique_box), shown after the explanation."""
+    "Differences from the paper" box (site_gen.site.claims.technique_box), shown after the
+    explanation; `extra` a section after the results."""
     from refimpl.bench.tasks import tasks_of
     sub = sub_links.get(tech.subcategory)
-    section = f"[{md_text(sub[1])}]({sub[0]})" if sub else md_text(
-        "baseline (the survey's basics)" if tech.subcategory == "baseline" else tech.subcategory)
-    bits = "any 1–16" if tech.bits is None else ", ".join(map(str, tech.bits))
-    data = DATA_NEEDS.get(tech.kind) or ("calibration data needed" if tech.needs_calib else "no calibration data")
-    lines = [f"# {md_text(tech.name)}", "",
-             f"{md_code(tech.id)} · {section} · kind {md_code(tech.kind)} · {data} · "
-             f"weight bits {bits} · tasks {', '.join(md_code(t) for t in tasks_of(tech))}", "",
-             "## What it does", "", docstring_markdown(tech.doc),
-             *([differences, ""] if differences else []),
-             "## Usage", "", "```python", usage_snippet(tech).rstrip(), "```", "",
-             "From the command line (one measured run, and the benchmark matrix for this technique):", "",
-             "```sh", f"python -m refimpl run {tech.id} --task {_cli_task(tech)}",
-             f"python -m site_gen bench --only {tech.id}", "```", ""]
-    opts = tech.options()
-    if opts:
-        lines += ["| Option | Default |", "|---|---|"]
-        lines += [f"| {md_code(k)} | {md_text(repr(v))} |" for k, v in opts.items()]
-        lines.append("")
-    lines += ["## Source and tests", "", f"- source: {md_code(source)}"]
-    lines += [f"- tests: {md_code(t)}" for t in tests] or ["- tests: _none found_"]
-    if code:
+    own = [{"title": p["title"], "url": p.get("url"), "venue": p["venue"], "year": p["year"],
+            "filed": [{"name": sub_links[s][1], "link": sub_links[s][0]}
+                      for s in dict.fromkeys(p["subcategories"]) if s in sub_links]} for p in papers]
+    cli = f"python -m refimpl run {tech.id} --task {_cli_task(tech)}\npython -m site_gen bench --only {tech.id}"
+    return render(
+        "technique.md.j2", name=tech.name, id=tech.id, kind=tech.kind, tasks=tasks_of(tech),
+        sub={"name": sub[1], "link": sub[0]} if sub else None,
+        section="baseline (the survey's basics)" if tech.subcategory == "baseline" else tech.subcategory,
+        data=DATA_NEEDS.get(tech.kind) or ("calibration data needed" if tech.needs_calib else "no calibration data"),
+        bits="any 1–16" if tech.bits is None else ", ".join(map(str, tech.bits)),
+        doc=stripped(docstring_markdown(tech.doc)), differences=stripped(differences),
+        usage=code_block(usage_snippet(tech), "python"), cli=code_block(cli, "sh"),
+        options=[(k, repr(v)) for k, v in tech.options().items()], source=source, tests=tests,
         # the whole module, folded: the page and the code it describes side by side
-        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", code)), default=0))
-        lines += ["", f'??? example "The code: {source}"', "", f"    {fence}python"]
-        lines += [("    " + line).rstrip() for line in code.rstrip("\n").split("\n")]
-        lines += [f"    {fence}"]
-    lines += ["", "## Paper", ""]
-    for p in papers:
-        filed = [f"[{md_text(sub_links[s][1])}]({sub_links[s][0]})" for s in dict.fromkeys(p["subcategories"])
-                 if s in sub_links]
-        lines.append(f"- {md_link(p['title'], p.get('url'))} — {md_text(p['venue'])} {p['year']}"
-                     + (f" · filed under {', '.join(filed)}" if filed else ""))
-    if not papers:
-        lines.append(f"_The paper {md_code(tech.paper)} is not in papers/._")
-    lines += ["", "## Results", "", results_md]
-    return "\n".join(lines)
+        code=code_block(code, "python", indent="    ") if code else "",
+        papers=own, paper=tech.paper, results=results_md, extra=extra)
 
 
 def _cli_task(tech) -> str:
@@ -251,16 +238,9 @@ def _cli_task(tech) -> str:
     return cli
 
 
-def index_page(techs: list, sub_links: dict[str, tuple[str, str]], counts: dict[str, int]) -> str:
+def index_page(techs: list, sub_links: dict[str, tuple[str, str]], counts: dict[str, int]) -> Safe:
     """All techniques in registry order: section, kind, tasks, how many records, source."""
-    lines = ["# Reference implementations", "",
-             f"{len(techs)} techniques, each one small file registered in the refimpl registry "
-             "(this page is generated from it). Each page explains the idea, shows a usage snippet that "
-             "the tests execute, and the measured results with provenance.", "",
-             "| Technique | Section | Kind | Tasks | Records |", "|---|---|---|---|---|"]
-    for t in techs:
-        link = sub_links.get(t.subcategory)
-        section = f"[{md_text(t.subcategory)}]({link[0]})" if link else md_text(t.subcategory)
-        lines.append(f"| [{md_text(t.name)}]({t.id}.md) | {section} | {md_code(t.kind)} "
-                     f"| {', '.join(md_code(x) for x in t.tasks)} | {counts.get(t.id, 0)} |")
-    return "\n".join(lines) + "\n"
+    rows = [{"name": t.name, "page": f"{t.id}.md", "section": t.subcategory,
+             "link": sub_links[t.subcategory][0] if t.subcategory in sub_links else None,
+             "kind": t.kind, "tasks": t.tasks, "records": counts.get(t.id, 0)} for t in techs]
+    return render("techniques.md.j2", techs=rows)

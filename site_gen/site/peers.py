@@ -4,15 +4,15 @@ Each JSON file is written by `benchmarks/<name>.py` and compares "ours" with one
 two dicts side by side ({"ours": {...}, "<peer>": {...}}), as flat pairs ("<metric>_ours",
 "<metric>_<peer>"), or nested per bit-width / mode ("by_bits", "by_mode"). The page shows every
 metric the two sides share, both times and the time ratio, the setup, the command that produced
-the file and its provenance. Values are data, so each passes through the escaping helpers.
+the file and its provenance. Values are data: the template (peers.md.j2) escapes each.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from site_gen.render import md_code, md_text
-from site_gen.results import fmt
+from site_gen.site.results import fmt
+from site_gen.site.templating import Safe, render
 
 _NOT_PEERS = {"ours", "setup", "provenance", "by_bits", "by_mode"}
 _NESTED = {"by_bits": "{}-bit", "by_mode": "{}"}
@@ -62,13 +62,13 @@ def facts(node: dict, label: str = "") -> list[str]:
         if key in ("benchmark", "time_ratio_ours_over_peer") or not _scalar(value) \
                 or any(key.startswith(m + "_") for m in paired):
             continue
-        shown = md_text(value) if isinstance(value, str) else fmt(value)
-        out.append(f"{md_text(label) + ' ' if label else ''}{md_text(key)} = {shown}")
+        shown = value if isinstance(value, str) else fmt(value)
+        out.append(f"{label + ' ' if label else ''}{key} = {shown}")
     ours = node.get("ours") if isinstance(node.get("ours"), dict) else None
     for peer in sorted(k for k, v in node.items() if ours is not None and isinstance(v, dict)
                        and k not in _NOT_PEERS):
         for key in sorted(k for k, v in node[peer].items() if _scalar(v) and k not in ours):
-            out.append(f"{md_text(peer)} {md_text(key)} = {md_text(node[peer][key])}")
+            out.append(f"{peer} {key} = {node[peer][key]}")
     for key, pattern in _NESTED.items():
         if isinstance(node.get(key), dict):
             for sub in sorted(node[key], key=lambda s: (len(s), s)):
@@ -77,68 +77,48 @@ def facts(node: dict, label: str = "") -> list[str]:
     return out
 
 
-def _setup_line(setup) -> str:
+def _setup(setup) -> list[tuple[str, str]]:
+    """(key, value) pairs of the `setup` field, a nested mapping flattened to "k=v, ..."."""
     if not isinstance(setup, dict):
-        return ""
-    parts = []
+        return []
+    pairs = []
     for key in sorted(setup):
         value = setup[key]
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
-        parts.append(f"{md_text(key)}={md_text(value)}")
-    return "Setup: " + " · ".join(parts)
+        pairs.append((key, value))
+    return pairs
 
 
-def _provenance(prov) -> str:
+def _provenance(prov) -> dict | None:
     if not isinstance(prov, dict):
-        return ""
-    return (f"Provenance: commit {md_text(str(prov.get('git_commit'))[:7])}"
-            f"{' (uncommitted changes)' if prov.get('git_dirty') else ''} · "
-            f"{md_text(str(prov.get('date'))[:10])} · torch {md_text(prov.get('torch'))} · "
-            f"{md_text(prov.get('cpu'))} ({md_text(prov.get('threads'))} threads)")
+        return None
+    return {"commit": str(prov.get("git_commit"))[:7], "dirty": bool(prov.get("git_dirty")),
+            "date": str(prov.get("date"))[:10], "torch": prov.get("torch"), "cpu": prov.get("cpu"),
+            "threads": prov.get("threads")}
 
 
-def section(stem: str, data: dict, root: Path) -> str:
-    title = data.get("benchmark", stem)
+def section(stem: str, data: dict, root: Path) -> dict:
+    """What the page shows of one benchmark file."""
     script = f"benchmarks/{stem}.py"
-    lines = [f"## {md_text(title)}", ""]
-    if (root / script).is_file():
-        lines += [f"Produced by `python {script}` (see `benchmarks/README.md` for the peer set-up).", ""]
-    rows = comparisons(data)
-    if rows:
-        peer = rows[0]["peer"]
-        lines += [f"| Setting | Metric | ours | {md_text(peer)} | time ours (s) | time {md_text(peer)} (s) "
-                  "| time ratio ours/peer |", "|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {md_text(r['setting']) or '—'} | {md_code(r['metric'])} | {fmt(r['ours'])} "
-                         f"| {fmt(r['theirs'])} | {fmt(r['t_ours'])} | {fmt(r['t_peer'])} | {fmt(r['ratio'])} |")
-        lines.append("")
-    else:
-        lines += ["_Ours only, no peer side in this file._", ""]
-    found = facts(data)
-    if found:
-        lines += ["Also recorded: " + "; ".join(found) + ".", ""]
-    for line in (_setup_line(data.get("setup")), _provenance(data.get("provenance"))):
-        lines += [line, ""] if line else []
-    return "\n".join(lines)
+    rows = [{"setting": r["setting"] if str(r["setting"]).strip() else "—", "metric": r["metric"],
+             "ours": fmt(r["ours"]), "theirs": fmt(r["theirs"]), "t_ours": fmt(r["t_ours"]),
+             "t_peer": fmt(r["t_peer"]), "ratio": fmt(r["ratio"])} for r in comparisons(data)]
+    return {"title": data.get("benchmark", stem), "broken": False,
+            "script": script if (root / script).is_file() else None,
+            "peer": comparisons(data)[0]["peer"] if rows else None, "rows": rows, "facts": facts(data),
+            "setup": _setup(data.get("setup")), "provenance": _provenance(data.get("provenance"))}
 
 
-def peers_page(root: Path) -> str:
+def peers_page(root: Path) -> Safe:
+    sections = []
     files = sorted((root / "benchmarks" / "results").glob("*.json"))
-    lines = ["# Peers panel", "",
-             "Our reference implementations measured against independent libraries on the same model "
-             "(SmolLM2-135M-Instruct in fp32), the same calibration tokens and the same evaluation "
-             "(perplexity on held-out Shakespeare). Quality numbers are exact; times come from a shared "
-             "2-core machine and only their ratio within one file means something. A ratio below 1 "
-             "means ours is faster.", ""]
-    if not files:
-        return "\n".join(lines + ["_No peer measurements yet._ See `benchmarks/README.md`."]) + "\n"
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            lines += [f"## {md_text(path.stem)}", "", "_This file is not readable JSON._", ""]
+            sections.append({"title": path.stem, "broken": True})
             continue
         if isinstance(data, dict):
-            lines.append(section(path.stem, data, root))
-    return "\n".join(lines)
+            sections.append(section(path.stem, data, root))
+    return render("peers.md.j2", sections=sections, measured=bool(files))

@@ -3,7 +3,7 @@
 `papers/paper.schema.json` lets editors (through the `# yaml-language-server: $schema=...`
 first line of an entry) complete field names and flag wrong types and values while a
 contributor types. It is never edited by hand: `python -m site_gen build` writes it from
-`site_gen.check` (FIELD_TYPES, REQUIRED, MAX_LEN, the `why` and sub-category rules) and the
+`site_gen.kb.check` (FIELD_TYPES, REQUIRED, MAX_LEN, the `why` and sub-category rules) and the
 vocabularies of taxonomy.yaml, and `build --check` fails when it is stale. The validator stays
 the authority; the schema is the part of its rules that an editor can show.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from site_gen import check
+from site_gen.kb import check
 
 SCHEMA_PATH = "papers/paper.schema.json"
 SCHEMA_ID = "https://low-bit-atlas.invalid/paper.schema.json"   # a name, not a place to fetch from

@@ -9,7 +9,9 @@ code hash — technique file + the refimpl modules it imports — differs from t
 "other torch", "older task version". A record from an older commit whose code is unchanged is
 not marked, but its commit is named beside it ("commit 05abf66") and in the provenance line.
 The marks do not depend on the git HEAD, so committing does not make the generated pages stale;
-editing a technique does.
+editing a technique does. The functions here prepare the data of the templates
+_technique_results.md.j2, _results_card.md.j2, leaderboard.md.j2, _provenance.md.j2 and
+_act_ranges.md.j2; values stay raw (numbers formatted) and the templates escape them.
 """
 from __future__ import annotations
 
@@ -18,19 +20,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen import plots
-from site_gen.render import BuildError, md_text
+from site_gen.site import plots
+from site_gen.site.templating import BuildError, Safe, fragment, render
 
 REQUIRED = ("technique", "task", "setting", "config", "metrics", "fp_baseline", "provenance", "timing")
 CONFIG_KEYS = ("bits", "group_size", "sym", "act_bits")
 # metrics shown beside the primary one, per task; other tasks show their primary metric only
 KEY_METRICS = {"minilm-layers": ("output_rel_err", "cosine"), "smollm2-ppl": ()}
 PLOTS = "generated/plots"
-INTERVAL_NOTE = ("Values are means over the cell's seeds; ± is the larger half of the 95% interval over seeds "
-                 "and test examples. \"vs rtn\" is the difference with RTN at the same setting and its paired "
-                 "95% interval (bootstrap over the same test examples, and over seeds where there are 3 or "
-                 "more): **better**/**worse** only when the interval excludes zero; records without "
-                 "per-example data or seeds have no interval.")
 
 
 def _build_error(message: str) -> Exception:
@@ -38,11 +35,11 @@ def _build_error(message: str) -> Exception:
 
 
 def fmt(value) -> str:
-    """Numbers with 4 significant digits; anything else as escaped text."""
+    """Numbers with 4 significant digits, None as "—", anything else as its text (the template escapes it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "—" if value is None else md_text(value)
+        return "—" if value is None else str(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return md_text(value)
+        return str(value)
     return f"{value:.4g}"
 
 
@@ -68,12 +65,15 @@ def versus(a: dict, b: dict, metric: str, higher: bool):
         return None
 
 
-def versus_text(c) -> str:
-    """"better"/"worse"/"tie" with the difference and its 95% interval; "no interval" otherwise."""
+def versus_cell(c) -> dict:
+    """"better"/"worse" (bold) or "tie" with the difference and its 95% interval; "no interval" otherwise."""
     if c is None or c.verdict == "unknown":
-        return "no interval"
-    word = {"better": "**better**", "worse": "**worse**", "tie": "tie"}[c.verdict]
-    return f"{word} ({c.diff:+.3g} [{c.lo:+.3g}, {c.hi:+.3g}])"
+        return {"word": "no interval", "bold": False, "interval": None}
+    return {"word": c.verdict, "bold": c.verdict != "tie",
+            "interval": (f"{c.diff:+.3g}", f"{c.lo:+.3g}", f"{c.hi:+.3g}")}
+
+
+NO_RTN = {"word": "—", "bold": False, "interval": None}
 
 
 def load_records(root: Path) -> list[dict]:
@@ -209,13 +209,12 @@ class Results:
             return False
 
     def note(self, rec: dict) -> str:
-        """The note column: † and the reasons, else the commit when it is not the newest one."""
+        """The note column's text: the reasons for †, else the commit when it is not the newest one."""
         reasons = self.flags(rec)
         commit = rec["provenance"].get("git_commit") if isinstance(rec["provenance"], dict) else None
         if commit != self.ref.get("commit") and not any(str(commit)[:7] in x for x in reasons):
             reasons = reasons + [f"commit {str(commit)[:7]}"]
-        text = md_text("; ".join(reasons))
-        return ("† " + text) if self.flags(rec) else text
+        return "; ".join(reasons)
 
 
 def collect(root: Path, techniques: dict[str, dict]) -> Results:
@@ -248,71 +247,62 @@ def collect(root: Path, techniques: dict[str, dict]) -> Results:
 
 # ---------------------------------------------------------------- provenance text
 
-def provenance_line(recs: list[dict], res: Results) -> str:
-    """Commit, date, torch, CPU, threads, seed and wall time of `recs`, each value once."""
-    def values(get):
-        seen = sorted({str(get(r)) for r in recs})
-        return ", ".join(md_text(v) for v in seen)
+def provenance(recs: list[dict], res: Results) -> dict:
+    """Commit, date, torch, CPU, threads, seeds and fp model of `recs` (each value once, sorted),
+    their total wall time, and how many are marked † against which reference."""
+    def values(get) -> list[str]:
+        return sorted({str(get(r)) for r in recs})
     prov = lambda r: r["provenance"]  # noqa: E731
-    total = sum(float(r["timing"].get("wall_s") or 0) for r in recs)
-    line = (f"Provenance: commit {values(lambda r: str(prov(r).get('git_commit'))[:7])}"
-            f" · {values(lambda r: str(prov(r).get('date'))[:10])}"
-            f" · torch {values(lambda r: prov(r).get('torch'))}"
-            f" · {values(lambda r: prov(r).get('cpu'))}"
-            f" ({values(lambda r: prov(r).get('threads'))} threads)"
-            f" · seeds {values(lambda r: ','.join(map(str, r['config'].get('seeds') or [r['config'].get('seed')])))}"
-            f" · fp model {values(lambda r: str((r.get('inputs') or {}).get('model_sha256') or 'not recorded')[:12])}"
-            f" · wall {total:.1f} s over {len(recs)} run{'s' if len(recs) != 1 else ''}.")
-    flagged = [r for r in recs if res.flags(r)]
-    if flagged:
-        line += (f" **{len(flagged)} marked †** (reference: the newest record, commit "
-                 f"{md_text(str(res.ref.get('commit'))[:7])}, torch {md_text(res.ref.get('torch'))}).")
-    return line
-
-
-def _mark(rec: dict, res: Results) -> str:
-    return " †" if res.flags(rec) else ""
+    return {
+        "commit": values(lambda r: str(prov(r).get("git_commit"))[:7]),
+        "date": values(lambda r: str(prov(r).get("date"))[:10]),
+        "torch": values(lambda r: prov(r).get("torch")),
+        "cpu": values(lambda r: prov(r).get("cpu")),
+        "threads": values(lambda r: prov(r).get("threads")),
+        "seeds": values(lambda r: ",".join(map(str, r["config"].get("seeds") or [r["config"].get("seed")]))),
+        "model": values(lambda r: str((r.get("inputs") or {}).get("model_sha256") or "not recorded")[:12]),
+        "wall": f"{sum(float(r['timing'].get('wall_s') or 0) for r in recs):.1f}",
+        "runs": len(recs),
+        "flagged": sum(1 for r in recs if res.flags(r)),
+        "ref_commit": str(res.ref.get("commit"))[:7],
+        "ref_torch": res.ref.get("torch"),
+    }
 
 
 # ---------------------------------------------------------------- technique results
 
+def _technique_row(r: dict, task: str, res: Results, primary: str, higher: bool, extra: list[str],
+                   show_rtn: bool) -> dict:
+    """One row of a technique's table: its value, rtn's and the paired comparison, fp32, more metrics."""
+    rtn = res.find(task, "rtn", col_key(r)) if show_rtn else None
+    bits, exact = avg_bits(r)
+    return {"setting": col_label(col_key(r)) + (f" · {variant(r)}" if variant(r) else ""),
+            "value": fmt_ci(r, primary), "rtn": fmt_ci(rtn, primary) if rtn else "—",
+            "vs": versus_cell(versus(r, rtn, primary, higher)) if rtn else NO_RTN,
+            "fp": fmt(r["fp_baseline"].get(primary)), "extra": [fmt(r["metrics"].get(m)) for m in extra],
+            "bits": ("" if exact else "≈") + f"{bits:.3g}", "wall": fmt(r["timing"].get("wall_s")),
+            "flagged": bool(res.flags(r)), "note": res.note(r)}
+
+
 def technique_tables(tid: str, res: Results, plot_dir: str, cache: Path | None,
-                     board_dir: str = "../results") -> tuple[str, dict[str, str]]:
+                     board_dir: str = "../results") -> tuple[Safe, dict[str, str]]:
     """The "Results" section of a technique page and its charts {path under docs/: svg}."""
-    tasks = res.tasks_of(tid)
-    if not tasks:
-        return ("_Not measured yet._ Run `python -m refimpl bench --only "
-                f"{md_text(tid)}` to produce the records.\n", {})
-    lines, charts = [], {}
-    for task in tasks:
+    sections, charts = [], {}
+    show_rtn = tid != "rtn"
+    for task in res.tasks_of(tid):
         primary, higher = res.primary(task)
         recs = sorted(res.of(task, tid), key=lambda r: (variant(r), col_order(col_key(r))))
         extra = [m for m in KEY_METRICS.get(task, ()) if m != primary]
-        show_rtn = tid != "rtn"
-        head = ["Setting", f"{md_text(primary)} ({'higher' if higher else 'lower'} is better)"]
-        head += ["rtn", "vs rtn (paired 95%)"] * show_rtn + ["fp32"] + [md_text(m) for m in extra]
-        head += ["bits/weight", "wall s", "note"]
-        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in recs:
-            setting = col_label(col_key(r)) + (f" · {variant(r)}" if variant(r) else "")
-            rtn = res.find(task, "rtn", col_key(r)) if show_rtn else None
-            bits, exact = avg_bits(r)
-            cells = [md_text(setting), fmt_ci(r, primary)]
-            if show_rtn:
-                cells += [fmt_ci(rtn, primary) if rtn else "—",
-                          versus_text(versus(r, rtn, primary, higher)) if rtn else "—"]
-            cells += [fmt(r["fp_baseline"].get(primary))] + [fmt(r["metrics"].get(m)) for m in extra]
-            cells += [("" if exact else "≈") + f"{bits:.3g}", fmt(r["timing"].get("wall_s")),
-                      res.note(r)]
-            rows.append("| " + " | ".join(cells) + " |")
-        desc = res.tasks[task].description
-        lines += [f"### {md_text(task)}", "", md_text(desc), "", *rows, "", INTERVAL_NOTE, "",
-                  f"All techniques on this task: [leaderboard {md_text(task)}]({board_dir}/{task}.md).", ""]
         name = f"{tid}--{task}.svg"
         charts[f"{PLOTS}/{name}"] = plots.svg(technique_chart(tid, task, recs, res), cache)
-        lines += [f"![{md_text(res.names.get(tid, tid))} on {md_text(task)}: {md_text(primary)} "
-                  f"against bits]({plot_dir}/{name})", "", provenance_line(recs, res), ""]
-    return "\n".join(lines), charts
+        sections.append({"task": task, "description": res.tasks[task].description, "primary": primary,
+                         "direction": "higher" if higher else "lower", "extra": extra,
+                         "columns": 2 + 2 * show_rtn + 1 + len(extra) + 3,
+                         "rows": [_technique_row(r, task, res, primary, higher, extra, show_rtn) for r in recs],
+                         "board": f"{board_dir}/{task}.md", "chart": f"{plot_dir}/{name}",
+                         "provenance": provenance(recs, res)})
+    return fragment("_technique_results.md.j2", tid=tid, name=res.names.get(tid, tid), show_rtn=show_rtn,
+                    tasks=sections), charts
 
 
 def _series_key(rec: dict) -> tuple:
@@ -371,48 +361,40 @@ def _wide(ys: list[float]) -> bool:
 
 # ---------------------------------------------------------------- cards, leaderboards, Pareto
 
-def card(tids: list[str], res: Results, page_links: dict[str, str]) -> str:
+def card(tids: list[str], res: Results, page_links: dict[str, str]) -> Safe:
     """The sub-category page's results card: each technique's primary metric at its settings
     (default options), rtn and fp32 beside it, and a link to the full table."""
-    lines = []
+    techs = []
     for tid in tids:
         if tid not in res.names:
             continue
-        link = f"[{md_text(res.names[tid])}]({page_links[tid]})" if tid in page_links else md_text(tid)
-        tasks = res.tasks_of(tid)
-        if not tasks:
-            lines += [f"**{link}**: _not measured yet._", ""]
-            continue
-        lines += [f"**{link}** — measured results (full tables, plots and provenance on its page):", "",
-                  "| Task | Setting | ours | rtn | fp32 |", "|---|---|---|---|---|"]
-        for task in tasks:
+        rows = []
+        for task in res.tasks_of(tid):
             primary, _ = res.primary(task)
             recs = sorted((r for r in res.of(task, tid) if not variant(r)),
                           key=lambda r: col_order(col_key(r)))[:6]
             for r in recs:
                 rtn = res.find(task, "rtn", col_key(r))
-                lines.append(f"| {md_text(task)} | {md_text(col_label(col_key(r)))} "
-                             f"| {fmt(r['metrics'].get(primary))}{_mark(r, res)} "
-                             f"| {fmt(rtn['metrics'].get(primary)) if rtn else '—'} "
-                             f"| {fmt(r['fp_baseline'].get(primary))} |")
-        lines.append("")
-    if any("†" in line for line in lines):
-        lines += ["† provenance differs from the newest records (see the technique page).", ""]
-    return "\n".join(lines)
+                rows.append({"task": task, "setting": col_label(col_key(r)), "ours": fmt(r["metrics"].get(primary)),
+                             "flagged": bool(res.flags(r)), "rtn": fmt(rtn["metrics"].get(primary)) if rtn else "—",
+                             "fp": fmt(r["fp_baseline"].get(primary))})
+        techs.append({"id": tid, "name": res.names[tid], "link": page_links.get(tid),
+                      "rows": rows if res.tasks_of(tid) else None})
+    flagged = any(r["flagged"] for t in techs for r in t["rows"] or [])
+    return fragment("_results_card.md.j2", techs=techs, flagged=flagged)
 
 
 def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: str,
-                cache: Path | None) -> tuple[str, dict[str, str]]:
+                cache: Path | None, extra: Safe | str = "") -> tuple[Safe, dict[str, str]]:
     """A task's leaderboard page: techniques × common settings, best per column in bold,
-    and the Pareto chart (bits per weight against the primary metric)."""
+    and the Pareto chart (bits per weight against the primary metric); `extra` a section after it."""
     cls = res.tasks[task]
     primary, higher = cls.primary, cls.higher_is_better
     recs = res.of(task)
-    lines = [f"# Leaderboard: {md_text(task)}", "", md_text(cls.description), "",
-             f"!!! note \"Caveat\"\n    {md_text(cls.caveat)}", ""]
+    page = {"task": task, "description": cls.description, "caveat": cls.caveat, "measured": bool(recs),
+            "extra": extra}
     if not recs:
-        return "\n".join(lines + ["_Not measured yet._ Run `python -m refimpl bench --task "
-                                  f"{md_text(task)}`."]) + "\n", {}
+        return render("leaderboard.md.j2", **page), {}
     rows: dict[tuple[str, str], dict[tuple, dict]] = {}
     for r in recs:
         rows.setdefault((r["technique"], variant(r)), {})[col_key(r)] = r
@@ -435,47 +417,30 @@ def leaderboard(task: str, res: Results, tech_links: dict[str, str], plot_dir: s
         v = cells.get(busiest, {}).get("metrics", {}).get(primary) if busiest in cells else None
         return (v is None, sign * v if isinstance(v, (int, float)) else 0, res.names.get(tid, tid), var)
 
-    fp = recs[0]["fp_baseline"].get(primary)
     ordered = [item for item in sorted(rows.items(), key=rank) if any(k in item[1] for k in cols)]
     ranks = significance_ranks([cells.get(busiest) for _, cells in ordered], primary, higher)
     tied = {key: tied_with_best([c.get(key) for _, c in ordered], best.get(key), primary, higher) for key in cols}
-    lines += [f"Primary metric **{md_text(primary)}** ({'higher' if higher else 'lower'} is better; "
-              f"fp32 {fmt(fp)}); ± is the larger half of the 95% interval. **Bold**: best in its column, and "
-              "every cell whose paired 95% interval against the best contains zero (tied with it). Rank: at "
-              f"{md_text(col_label(busiest))}, 1 + the number of techniques better than this one with the "
-              "paired interval excluding zero, so techniques that intervals cannot separate share a rank "
-              "(— where a record has no interval). Columns: the settings measured for at least two "
-              "techniques (all settings while no setting has two).", "",
-              "| Rank | Technique | " + " | ".join(md_text(col_label(k)) for k in cols) + " |",
-              "|---|---|" + "---|" * len(cols)]
-    for i, ((tid, var), cells) in enumerate(ordered):
-        # the short id keeps the table narrow; the full name is the link's tooltip
-        name = f"[{md_text(tid)}]({tech_links[tid]} \"{md_text(res.names.get(tid, tid)).replace(chr(34), '')}\")" \
-            if tid in tech_links \
-            else md_text(tid)
-        out = []
-        for key in cols:
-            r = cells.get(key)
-            text = fmt_ci(r, primary) if r else "—"
-            if r is not None and (r is best.get(key) or any(r is t for t in tied[key])):
-                text = f"**{text}**"
-            out.append(text + (_mark(r, res) if r else ""))
-        lines.append(f"| {ranks[i]} | {name}{f' ({md_text(var)})' if var else ''} | " + " | ".join(out) + " |")
-    alone = [(tid, var, cells) for (tid, var), cells in sorted(rows.items(), key=rank)
-             if not any(k in cells for k in cols)]
-    if alone:   # measured only at settings no other technique shares: listed, not dropped
-        lines += ["", "Also measured, at settings no other technique shares: "
-                  + "; ".join(_lone(tid, var, cells, primary, res, tech_links) for tid, var, cells in alone) + "."]
+
+    def cell(r: dict | None, key: tuple) -> dict:
+        if r is None:
+            return {"text": "—", "bold": False, "flagged": False}
+        bold = r is best.get(key) or any(r is t for t in tied[key])
+        return {"text": fmt_ci(r, primary), "bold": bold, "flagged": bool(res.flags(r))}
+
+    table = [{"rank": ranks[i], "id": tid, "link": tech_links.get(tid), "name": res.names.get(tid, tid),
+              "variant": var, "cells": [cell(cells.get(key), key) for key in cols]}
+             for i, ((tid, var), cells) in enumerate(ordered)]
+    # measured only at settings no other technique shares: listed, not dropped
+    alone = [{"id": tid, "link": tech_links.get(tid), "name": res.names.get(tid, tid), "variant": var,
+              "cells": [{"setting": col_label(k), "value": fmt(r["metrics"].get(primary)),
+                         "flagged": bool(res.flags(r))}
+                        for k, r in sorted(cells.items(), key=lambda kr: col_order(kr[0]))]}
+             for (tid, var), cells in sorted(rows.items(), key=rank) if not any(k in cells for k in cols)]
     name = f"pareto--{task}.svg"
-    acts = pareto_acts(recs)
-    which = f"with {acts}-bit activations" if acts else "that quantizes weights only"
-    lines += ["", f"![{md_text(task)}: bits per weight against {md_text(primary)}]({plot_dir}/{name})", "",
-              f"Pareto chart: every record of the task {which} (the most common activation setting); "
-              "bits per weight are measured where the task reports them, else weight bits plus an fp16 "
-              "scale (and zero-point when asymmetric) per group. The grey line joins the records no "
-              "other record beats on both axes.", "",
-              provenance_line(recs, res), ""]
-    return "\n".join(lines), {f"{PLOTS}/{name}": plots.svg(pareto_chart(task, recs, res), cache)}
+    page.update(primary=primary, direction="higher" if higher else "lower", fp=fmt(recs[0]["fp_baseline"].get(primary)),
+                busiest=col_label(busiest), columns=[col_label(k) for k in cols], rows=table, alone=alone,
+                chart=f"{plot_dir}/{name}", acts=pareto_acts(recs), provenance=provenance(recs, res))
+    return render("leaderboard.md.j2", **page), {f"{PLOTS}/{name}": plots.svg(pareto_chart(task, recs, res), cache)}
 
 
 def _finite(v) -> bool:
@@ -510,13 +475,6 @@ def tied_with_best(cells: list[dict | None], best: dict | None, primary: str, hi
         if v is not None and v.verdict == "tie":
             out.append(c)
     return out
-
-
-def _lone(tid: str, var: str, cells: dict, primary: str, res: Results, tech_links: dict[str, str]) -> str:
-    name = f"[{md_text(res.names.get(tid, tid))}]({tech_links[tid]})" if tid in tech_links else md_text(tid)
-    values = [f"{md_text(col_label(k))} {fmt(r['metrics'].get(primary))}{_mark(r, res)}"
-              for k, r in sorted(cells.items(), key=lambda kr: col_order(kr[0]))]
-    return name + (f" ({md_text(var)})" if var else "") + " " + ", ".join(values)
 
 
 def pareto_acts(recs: list[dict]):
@@ -584,13 +542,8 @@ def act_range_section(root: Path, plot_dir: str, cache: Path | None, shown: int 
                        "max − min of the layer input", series)
     name = "act-ranges--digits-ddpm.svg"
     prov = data.get("provenance") or {}
-    lines = ["## Activation ranges across time steps", "",
-             "Why time-step-aware activation quantization exists (TDQ, Q-DiT): the range of a layer's input "
-             "changes along the sampling chain, so one static range is too wide for some steps and clips "
-             f"others. Measured on {len(steps)} DDIM steps; the {min(shown, len(order))} layers that drift most:", "",
-             f"![activation range width per time step]({plot_dir}/{name})", "",
-             "| layer | widest / narrowest range over the steps |", "|---|---|"]
-    lines += [f"| {md_text(n)} | {drift[n]:.2f}× |" for n in order]
-    lines += ["", md_text(f"Source: {ACT_RANGES} (commit {str(prov.get('git_commit'))[:10]}, {prov.get('date')}, "
-                          f"torch {prov.get('torch')}, {prov.get('cpu')})."), ""]
-    return "\n".join(lines), {f"{PLOTS}/{name}": plots.svg(spec, cache)}
+    text = fragment("_act_ranges.md.j2", steps=len(steps), shown=min(shown, len(order)), chart=f"{plot_dir}/{name}",
+                    layers=[{"name": n, "drift": f"{drift[n]:.2f}"} for n in order],
+                    source=f"Source: {ACT_RANGES} (commit {str(prov.get('git_commit'))[:10]}, {prov.get('date')}, "
+                           f"torch {prov.get('torch')}, {prov.get('cpu')}).")
+    return text, {f"{PLOTS}/{name}": plots.svg(spec, cache)}

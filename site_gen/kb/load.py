@@ -1,7 +1,7 @@
 """Reading the knowledge base: taxonomy.yaml and papers/<year>/<id>.yaml.
 
 Everything here trusts files that have passed `site_gen check`; the validator
-(`site_gen.check`) is the place that reads untrusted entries defensively.
+(`site_gen.kb.check`) is the place that reads untrusted entries defensively.
 """
 from __future__ import annotations
 
