@@ -184,8 +184,9 @@ def hostile_tree(root: Path) -> Path:
     """A knowledge base, records, failures, peer and deploy files whose text fields hold HOSTILE."""
     make_tree(root, HOSTILE_PAPERS)
     (root / "taxonomy.yaml").write_text(yaml.safe_dump(HOSTILE_TAXONOMY, sort_keys=False), encoding="utf-8")
-    (root / "papers" / "removed.yaml").write_text(yaml.safe_dump(
-        [{"id": HOSTILE, "title": HOSTILE, "url": "javascript:alert(1)", "reason": HOSTILE}]), encoding="utf-8")
+    for side in ("removed.yaml", "unread.yaml"):
+        (root / "papers" / side).write_text(yaml.safe_dump(
+            [{"id": HOSTILE, "title": HOSTILE, "url": "javascript:alert(1)", "reason": HOSTILE}]), encoding="utf-8")
     write_record(root, "gptq", 4, 8, 0.95, cpu=HOSTILE)
     write_record(root, "gptq", 3, 8, 0.93)
     write_record(root, "mse_clip", 4, 8, 0.97, torch_version=HOSTILE, cpu=HOSTILE)

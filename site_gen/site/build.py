@@ -112,14 +112,14 @@ def paper_problems(entry: object, rel: str, sub_ids: set[str]) -> list[str]:
     return problems
 
 
-def read_removed(root: Path) -> list[dict]:
-    """papers/removed.yaml (a list of {id, title, url, reason}); [] when absent."""
-    path = root / "papers" / check.REMOVED_FILE
+def read_removed(root: Path, name: str = check.REMOVED_FILE) -> list[dict]:
+    """papers/removed.yaml or papers/unread.yaml (a list of {id, title, url, reason}); [] when absent."""
+    path = root / "papers" / name
     if not path.is_file():
         return []
     items = _read_yaml(path, root)
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise BuildError(f"papers/{check.REMOVED_FILE}: must be a list of {{id, title, url, reason}} "
+        raise BuildError(f"papers/{name}: must be a list of {{id, title, url, reason}} "
                          "(run `python -m site_gen check`)")
     return items
 
@@ -258,7 +258,9 @@ def generate(root: Path, techniques: dict[str, dict] | None = None) -> dict[str,
     out[f"{GENERATED}/counts.html"] = kinds.counts_html(
         papers, {name: site_url(kinds.kind_page_path(name)) for name, _, _ in other})
     page("generated/removed.md", kinds.removed_page(read_removed(root)))
-    extra_nav = [*measured.nav, *deploy_page.NAV, {"Other contributions": kind_nav}, {"Removed entries": "generated/removed.md"}]
+    page("generated/unread.md", kinds.removed_page(read_removed(root, check.UNREAD_FILE), "unread.md.j2"))
+    extra_nav = [*measured.nav, *deploy_page.NAV, {"Other contributions": kind_nav},
+                 {"Waiting for a reader": "generated/unread.md"}, {"Removed entries": "generated/removed.md"}]
     out[f"{GENERATED}/nav.yml"] = nav_yaml(taxonomy, paths, extra_nav)
     vocab, _ = check.load_vocab(root / "taxonomy.yaml")
     out[schema.SCHEMA_PATH] = schema.render(vocab or check.Vocab())

@@ -71,11 +71,12 @@ def counts_html(papers: list[dict], kind_links: dict[str, str]) -> Safe:
     return render("counts.html.j2", kinds=kinds, filed=filed)
 
 
-def removed_page(items: list[dict]) -> Safe:
-    """Entries that left the knowledge base, each with the reason (papers/removed.yaml)."""
+def removed_page(items: list[dict], template: str = "removed.md.j2") -> Safe:
+    """Entries that left the knowledge base (papers/removed.yaml), or known papers waiting for a
+    reader (papers/unread.yaml, template unread.md.j2), each with its reason."""
     rows = [{"id": item.get("id", ""), "title": item.get("title", ""), "url": item.get("url"),
              "reason": item.get("reason", "")} for item in sorted(items, key=lambda i: str(i.get("id")))]
-    return render("removed.md.j2", items=rows)
+    return render(template, items=rows)
 
 
 def other_kinds(papers: list[dict], order: list[str]) -> list[tuple[str, str, list[dict]]]:
