@@ -1,50 +1,50 @@
 """`python -m refimpl bench`: run the benchmark matrix generated from the refimpl registry.
 
     python -m refimpl bench [--quick] [--only ID ...] [--task T ...] [--dry-run] [--force]
-                             [--out DIR] [--timeout S] [--threads N]
+                             [--out DIR] [--timeout S] [--threads N] [--device cpu|cuda]
+                             [--executor local|ray] [--address HOST:PORT] [--retries N]
 
 What runs is planned by `refimpl.bench.matrix.plan` (every technique × supported task ×
 setting; `--quick` a small slice). A run whose record is fresh (same config, code hash of
-the technique and the refimpl modules it imports, torch and task version) is skipped.
+the technique and the refimpl modules it imports, torch and task version, kind of device) is
+skipped.
 
-Runs happen in child Python processes, one per technique and task (starting Python, torch and
-the registry costs seconds, more than a digits run itself), each run with its own time limit.
-A crash, a segfault or an out-of-memory kill loses that run only: the child has already
-written the records before it, the runs after it go on in a fresh child, and the failure is
-printed and kept in `<out>/_failures.json` (entries of runs that later succeed are dropped;
-the file goes away when none are left).
-The child writes its record atomically (records.write_json_atomic). Progress lines carry an
-ETA from the wall times of earlier records; the last line is the summary
-`ran N, cached M, failed K, wall T s`. Exit status: 0, 1 when a run failed, 2 for bad options.
+The planned cells run on an executor (refimpl/bench/executors/): `local`, the default, runs them
+in child Python processes on this machine, one per technique and task, `--jobs` at a time;
+`ray` runs each cell as a Ray task on a cluster (`--address`) or on a local Ray instance. Each
+cell has its own time limit. A crash, a time limit or a lost worker loses that cell only; it is
+run again up to `--retries` times (an exception raised by the cell is not: it would only raise
+again), and a cell that still fails is printed and kept in `<out>/_failures.json` (entries of
+cells that later succeed are dropped; the file goes away when none are left). Records are
+written atomically (records.write_json_atomic), so Ctrl-C leaves none half-written; it also stops
+the children or cluster tasks this command started (exit status 130).
+Progress lines carry an ETA from the wall times of earlier records; the last line is the summary
+`ran N, cached M, failed K, wall T s`. Exit status: 0, 1 when a run failed, 2 for bad options, a
+cell that no executor resource can take, or a cluster that cannot be reached.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import json
-import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from refimpl.bench.records import REPO as ROOT
+from refimpl.bench.executors import NAMES as EXECUTORS
+from refimpl.bench.executors import Executor, ExecutorError
+from refimpl.bench.executors.local import LocalExecutor, run_group, run_isolated  # noqa: F401 (the engine's API)
 
 FAILURES = "_failures.json"
 DEFAULT_TIMEOUT_S = 1800
 QUICK_TIMEOUT_S = 300
-_TAIL_LINES = 15
-SPAWN_S = 6.0   # starting a child (python, torch, the registry) before the record's own wall time
+INTERRUPTED = 130   # the shell's status for a command ended by Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m refimpl bench",
-                                description="Run the benchmark matrix (each run in its own process).")
+                                description="Run the benchmark matrix (each cell isolated, on local processes or Ray).")
     p.add_argument("--quick", action="store_true",
                    help="one setting per technique and task; without --only/--task a small slice")
     p.add_argument("--only", nargs="+", metavar="ID", help="only these technique ids")
@@ -55,129 +55,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None,
                    help=f"seconds per run before it is killed (default {DEFAULT_TIMEOUT_S}, "
                         f"--quick {QUICK_TIMEOUT_S})")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of every run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of every run (with --executor ray also the CPUs each task asks for; default 1 there)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (local: cuda[:i] too)")
     p.add_argument("--verify", nargs="?", type=int, const=-1, default=None, metavar="N",
                    help="re-run N committed cells drawn at random (all cells of --task/--only without N) "
                         "and check each new value against its record's interval; runs nothing else")
     p.add_argument("--verify-seed", type=int, default=0, help="seed of the --verify draw (default 0)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="children running at once (each runs one technique's settings on one task); "
+                   help="local: children running at once (each runs one technique's settings on one task); "
                         "with --jobs N use --threads 1 so that N runs share N cores")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: child processes on this machine (default); ray: one Ray task per cell")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="ray: the cluster's head (run the command on one of its nodes); "
+                        "default: start a local Ray instance sized to this machine")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="run a cell again up to N times after a crash, a time limit or a lost worker "
+                        "(default 1 with --executor ray, 0 locally)")
+    p.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="F",
+                   help="ray with --device cuda: the GPU share each cell asks for, e.g. 0.25 (default 1)")
+    p.add_argument("--connect-timeout", type=float, default=None, metavar="S",
+                   help="ray: seconds to wait for the cluster at --address (default 15)")
     return p
 
 
-# ---------------------------------------------------------------- one run, in a child process
-
-def _worker(argv: list[str]) -> int:
-    """Child side: `python -m refimpl.bench.engine --worker SPECS_JSON OUT`. Runs the specs in order,
-    writes each record, and prints one JSON summary line per finished run on stdout; an
-    exception is a traceback on stderr and exit 1 (the runs before it are kept)."""
-    from refimpl.bench.runner import RunSpec, run
-    from refimpl.bench.tasks import get_task
-    specs = json.loads(argv[0])
-    for spec in specs if isinstance(specs, list) else [specs]:
-        spec = RunSpec(**spec)
-        record = run(spec, out_dir=Path(argv[1]))
-        primary = get_task(spec.task).primary
-        print(json.dumps({"primary": primary, "value": record["metrics"].get(primary),
-                          "fp": record["fp_baseline"].get(primary), "wall_s": record["timing"]["wall_s"]}),
-              flush=True)
-    return 0
-
-
-def run_group(specs: list, out_dir: Path, timeout: float):
-    """Run `specs` one after another in one child; yields (spec, summary, reason, stderr tail) as
-    each run ends. A run over `timeout` seconds, or a child that dies, fails that run only: the
-    remaining specs continue in a new child."""
-    pending = list(specs)
-    while pending:
-        cmd = [sys.executable, "-m", "refimpl.bench.engine", "--worker", json.dumps([asdict(s) for s in pending]),
-               str(out_dir)]
-        env = dict(os.environ)
-        if pending[0].threads:
-            env["OMP_NUM_THREADS"] = str(pending[0].threads)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        lines: queue.Queue = queue.Queue()
-        err_tail: collections.deque = collections.deque(maxlen=_TAIL_LINES)
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
-        err_thread = threading.Thread(target=lambda: err_tail.extend(proc.stderr), daemon=True)
-        err_thread.start()
-        try:
-            while pending:
-                try:
-                    line = lines.get(timeout=timeout)
-                except queue.Empty:
-                    os.killpg(proc.pid, signal.SIGKILL)   # the child's own session: nothing else is hit
-                    proc.wait()
-                    yield pending.pop(0), None, f"timed out after {timeout:g} s", list(err_tail)
-                    break
-                if line is None:          # the child ended before reporting this run
-                    proc.wait()
-                    err_thread.join(timeout=5)
-                    yield pending.pop(0), None, _death(proc.returncode, err_tail), list(err_tail)
-                    break
-                try:
-                    summary = json.loads(line)
-                except ValueError:
-                    continue              # a stray line on stdout is not a summary
-                yield pending.pop(0), summary, None, []
-        except BaseException:   # Ctrl-C reaches only our session: stop the child too
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        if not pending:
-            proc.wait()
+def check_args(args) -> str | None:
+    """The first problem with the options that the parser cannot see, as `--option: why`, or None."""
+    if args.threads is not None and args.threads < 1:
+        return "--threads: must be a positive integer"
+    if args.jobs < 1:
+        return "--jobs: must be a positive integer"
+    if args.retries is not None and args.retries < 0:
+        return "--retries: must be 0 or more"
+    if not (args.device == "cpu" or args.device == "cuda" or
+            (args.device.startswith("cuda:") and args.device[5:].isdigit())):
+        return f"--device: expected cpu, cuda or cuda:i, got {args.device!r}"
+    if not 0 < args.gpus_per_cell <= 1 and not (args.gpus_per_cell > 1 and args.gpus_per_cell.is_integer()):
+        return "--gpus-per-cell: a fraction in (0, 1] or a whole number of GPUs"
+    if args.connect_timeout is not None and args.connect_timeout <= 0:
+        return "--connect-timeout: must be positive"
+    if args.executor != "ray":
+        for name in ("address", "connect_timeout"):
+            if getattr(args, name) is not None:
+                return f"--{name.replace('_', '-')}: only with --executor ray"
+    if args.verify is not None and args.executor != "local":
+        return "--verify: runs on the local executor; drop --executor"
+    return None
 
 
-def _run_plan(todo: list, out_dir: Path, timeout: float, jobs: int = 1):
-    """(planned run, summary, failure reason, stderr tail) for every run, as runs end: one child
-    per technique and task (the plan's order kept within each), `jobs` children at a time."""
-    groups: dict[tuple, list] = {}
-    for p in todo:
-        groups.setdefault((p.spec.task, p.tech.id), []).append(p)
-    work: queue.Queue = queue.Queue()
-    for group in groups.values():
-        work.put(group)
-    done: queue.Queue = queue.Queue()
-
-    def drain():
-        while True:
-            try:
-                group = work.get_nowait()
-            except queue.Empty:
-                return
-            by_spec = {id(p.spec): p for p in group}
-            try:
-                for spec, summary, reason, tail in run_group([p.spec for p in group], out_dir, timeout):
-                    done.put((by_spec[id(spec)], summary, reason, tail))
-            except Exception as exc:   # the harness itself broke: fail the group's runs, not the others
-                for p in group:
-                    done.put((p, None, f"{type(exc).__name__}: {exc}", []))
-
-    threads = [threading.Thread(target=drain, daemon=True) for _ in range(max(1, min(jobs, len(groups))))]
-    for t in threads:
-        t.start()
-    for _ in range(len(todo)):
-        yield done.get()
-
-
-def _death(returncode: int | None, tail) -> str:
-    if returncode is not None and returncode < 0:
-        name = signal.Signals(-returncode).name
-        return f"killed by {name}{' (out of memory?)' if name == 'SIGKILL' else ''}"
-    last = next((line for line in reversed(list(tail)) if line.strip()), None)
-    return last.strip() if last else ("the run printed no summary" if returncode == 0 else f"exit status {returncode}")
-
-
-def run_isolated(spec, out_dir: Path, timeout: float) -> tuple[dict | None, str | None, list[str]]:
-    """One spec in its own child: (summary, None, []) on success, else (None, reason, stderr tail)."""
-    _, summary, reason, tail = next(run_group([spec], out_dir, timeout))
-    return summary, reason, tail
-
-
-def _tail(text: str | None) -> list[str]:
-    return (text or "").rstrip().splitlines()[-_TAIL_LINES:]
+def make_executor(args, out_dir: Path) -> Executor:
+    """The executor the options ask for; ExecutorError when it cannot start (no ray, no cluster)."""
+    if args.executor == "local":
+        return LocalExecutor(args.jobs)
+    from refimpl.bench.executors.ray_executor import CONNECT_TIMEOUT_S, RayExecutor
+    return RayExecutor(out_dir, args.address, args.threads, args.gpus_per_cell,
+                       args.connect_timeout or CONNECT_TIMEOUT_S, say=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 # ---------------------------------------------------------------- failures file
@@ -203,9 +136,9 @@ def update_failures(out_dir: Path, attempted: set[str], new: list[dict]) -> list
     return merged
 
 
-def _failure(spec, setting: str, reason: str, tail: list[str]) -> dict:
+def _failure(spec, setting: str, reason: str, tail: list[str], attempts: int = 1) -> dict:
     return {"task": spec.task, "technique": spec.technique, "setting": setting, "error": reason,
-            "stderr_tail": tail, "spec": asdict(spec),
+            "stderr_tail": tail, "spec": asdict(spec), "attempts": attempts,
             "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()}
 
 
@@ -221,57 +154,61 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
+def estimate(todo: list, parallel: int, spawn_s: float) -> tuple[float, float]:
+    """(seconds the whole to-do list should take, start-up seconds counted per cell): earlier
+    records' wall times, plus one start-up per technique-and-task group, over `parallel` lanes."""
+    spawn_each = spawn_s * len({(p.spec.task, p.tech.id) for p in todo}) / max(len(todo), 1)
+    return sum(p.estimate_s + spawn_each for p in todo) / parallel, spawn_each
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from refimpl.bench import matrix, records
     out_dir = (args.out or records.RESULTS).resolve()
     timeout = args.timeout or (QUICK_TIMEOUT_S if args.quick else DEFAULT_TIMEOUT_S)
-    if args.threads is not None and args.threads < 1:
-        print("error: --threads: must be a positive integer", file=sys.stderr)
-        return 2
-    if args.jobs < 1:
-        print("error: --jobs: must be a positive integer", file=sys.stderr)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.verify is not None:
         return verify(args, out_dir, timeout)
     try:
         todo_plan = matrix.plan(args.only, args.task, quick=args.quick, force=args.force,
-                                out_dir=out_dir, threads=args.threads)
+                                out_dir=out_dir, threads=args.threads, device=args.device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in todo_plan.skipped:
         print(f"skip: {note}")
     todo, cached = todo_plan.todo, todo_plan.cached
-    spawn_each = SPAWN_S * len({(p.spec.task, p.tech.id) for p in todo}) / max(len(todo), 1)  # one child per group
-    total_est = sum(p.estimate_s + spawn_each for p in todo) / args.jobs
-    print(f"{len(todo)} to run, {len(cached)} cached, results in {out_dir}; "
-          f"estimated {clock(total_est)}", flush=True)
     if args.dry_run:
+        total_est, _ = estimate(todo, args.jobs, LocalExecutor.spawn_s if args.executor == "local" else 0.0)
+        print(f"{len(todo)} to run, {len(cached)} cached, results in {out_dir}; estimated {clock(total_est)}")
         for p in todo:
             print(f"  {p.spec.task:<14} {p.tech.id:<16} {p.setting:<28} ~{p.estimate_s:.0f} s")
         print(f"ran 0, cached {len(cached)}, failed 0, wall {time.perf_counter() - start:.1f} s (dry run)")
         return 0
-    failures = [_failure(spec, "invalid", reason, []) for spec, reason in todo_plan.invalid]
-    for f in failures:
-        print(f"FAILED {f['task']} {f['technique']}: {f['error']}")
-    done_est, run_start, ran, i = 0.0, time.perf_counter(), 0, 0
-    for p, summary, reason, tail in _run_plan(todo, out_dir, timeout, args.jobs):
-        i += 1
-        print(f"[{i}/{len(todo)}] {p.spec.task} {p.tech.id} {p.setting} ...", end=" ", flush=True)
-        done_est += (p.estimate_s + spawn_each) / args.jobs
-        elapsed = time.perf_counter() - run_start
-        # scale the remaining estimate by how the finished runs compared with theirs
-        pace = min(max(elapsed / done_est, 0.25), 4.0) if done_est > 0 else 1.0
-        eta = pace * (total_est - done_est)
-        if summary is None:
-            failures.append(_failure(p.spec, p.setting, reason, tail))
-            print(f"FAILED: {reason} · ETA {clock(eta)}", flush=True)
-            continue
-        ran += 1
-        print(f"{summary['primary']}={_fmt(summary['value'])} (fp32 {_fmt(summary['fp'])}) "
-              f"{summary['wall_s']:.1f} s · ETA {clock(eta)}", flush=True)
+    try:
+        executor = make_executor(args, out_dir) if todo else LocalExecutor(args.jobs)
+    except ExecutorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with executor:
+        refusal = executor.refuse(todo)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
+        retries = args.retries if args.retries is not None else (1 if args.executor == "ray" else 0)
+        failures = [_failure(spec, "invalid", reason, []) for spec, reason in todo_plan.invalid]
+        for f in failures:
+            print(f"FAILED {f['task']} {f['technique']}: {f['error']}")
+        try:
+            ran = run_cells(executor, todo, out_dir, timeout, retries, failures, len(cached))
+        except KeyboardInterrupt:
+            print(f"interrupted: the cells that had ended kept their records; the {executor.name} executor's "
+                  f"running cells were stopped and nothing else was written", file=sys.stderr, flush=True)
+            return INTERRUPTED
     attempted = {_key(p.spec.task, p.tech.id, p.setting) for p in todo + cached}
     attempted |= {_key(f["task"], f["technique"], f["setting"]) for f in failures}
     update_failures(out_dir, attempted, failures)
@@ -284,6 +221,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ran {ran}, cached {len(cached)}, failed {len(failures)}, "
           f"wall {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
+
+
+def run_cells(executor: Executor, todo: list, out_dir: Path, timeout: float, retries: int,
+              failures: list, n_cached: int) -> int:
+    """Run `todo` on the executor, printing a line per cell as it ends, and return how many ran;
+    failed cells are appended to `failures`. A retry-able failure (time limit, lost worker) is
+    run again, up to `retries` times, in a later pass over the cells that need it."""
+    total_est, spawn_each = estimate(todo, executor.parallel, executor.spawn_s)
+    print(f"{len(todo)} to run, {n_cached} cached, results in {out_dir}; estimated {clock(total_est)}"
+          + (f" ({executor.name} executor, {executor.parallel} at a time)" if executor.name != "local" else ""),
+          flush=True)
+    done_est, run_start, ran, i = 0.0, time.perf_counter(), 0, 0
+    pending, attempt = list(todo), 1
+    while pending:
+        again = []
+        for ended in executor.run(pending, out_dir, timeout, attempt):
+            p = ended.item
+            if ended.summary is None and ended.retry and attempt <= retries:
+                print(f"retry: {p.spec.task} {p.tech.id} {p.setting}: {ended.reason} "
+                      f"(attempt {attempt + 1} of {retries + 1} comes)", flush=True)
+                again.append(p)
+                continue
+            i += 1
+            print(f"[{i}/{len(todo)}] {p.spec.task} {p.tech.id} {p.setting} ...", end=" ", flush=True)
+            done_est += (p.estimate_s + spawn_each) / executor.parallel
+            elapsed = time.perf_counter() - run_start
+            # scale the remaining estimate by how the finished runs compared with theirs
+            pace = min(max(elapsed / done_est, 0.25), 4.0) if done_est > 0 else 1.0
+            eta = pace * (total_est - done_est)
+            if ended.summary is None:
+                failures.append(_failure(p.spec, p.setting, ended.reason, ended.tail, attempt))
+                print(f"FAILED: {ended.reason} · ETA {clock(eta)}", flush=True)
+                continue
+            ran += 1
+            s = ended.summary
+            print(f"{s['primary']}={_fmt(s['value'])} (fp32 {_fmt(s['fp'])}) {s['wall_s']:.1f} s · ETA {clock(eta)}",
+                  flush=True)
+        pending, attempt = again, attempt + 1
+    return ran
 
 
 def verify(args, out_dir: Path, timeout: float) -> int:
@@ -325,7 +301,7 @@ def verify(args, out_dir: Path, timeout: float) -> int:
             groups.setdefault((r["task"], r["technique"]), []).append(r)
         for group in groups.values():
             runs = run_group([ver.spec_of(r) for r in group], Path(tmp), timeout)
-            for r, (_spec, _summary, reason, tail) in zip(group, runs):
+            for r, (_spec, _summary, reason, tail, _retry) in zip(group, runs):
                 new = records.read_json(records.record_path(Path(tmp), r["task"], r["technique"], r["setting"]))
                 verdicts.append(ver.judge(r, new if isinstance(new, dict) and not reason else None,
                                           get_task(r["task"]).primary))
@@ -345,6 +321,4 @@ def _records_under(folder: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(_worker(sys.argv[2:]))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """The benchmark matrix planner: every registered technique × task × setting, and what is cached.
 
-`python -m refimpl bench` (refimpl/bench/engine.py) runs the plan (each run in its own process); this module only decides
-what to run.
+`python -m refimpl bench` (refimpl/bench/engine.py) runs the plan on an executor (local processes or
+Ray, refimpl/bench/executors/); this module only decides what to run.
 
 Settings, generated from the registry (never from a hand-kept list of techniques):
 - every ptq-weight / ptq-weight-act technique: 2, 3 and 4 bits, group 64, asymmetric;
@@ -16,7 +16,7 @@ Settings, generated from the registry (never from a hand-kept list of techniques
 `--only`/`--task` say otherwise, the slice in QUICK: every post-training technique on
 digits-cnn and rtn on minilm-layers (a couple of minutes on 2 cores).
 A record whose config, code hash (the technique's file and the refimpl modules it imports),
-torch version and task version match is not recomputed; a record from another commit stays
+torch version, task version and kind of device (cpu, cuda) match is not recomputed; a record from another commit stays
 valid while none of that changed (its own provenance still names the commit that produced it,
 and the site shows it).
 """
@@ -110,18 +110,42 @@ def is_fresh(spec: RunSpec, out_dir, now: dict | None = None) -> bool:
     old_config = dict(old.get("config") or {})
     old_config.setdefault("seeds", [old_config.get("seed", 0)])   # records from before seeds were listed
     model = inputs.get("model_sha256")
-    return (old_config == config
+    return (old_config == config and device_kind(prov.get("device")) == device_kind(spec.device)
             and (model == task.model_sha256() if model or task.trained_here else True)
             and records.code_current(tech, old, now["code_sha256"])
             and prov.get("torch") == now["torch"] and old.get("task_version", task.version) == task.version)
 
 
-def estimate_seconds(spec: RunSpec, tech, out_dir) -> float:
-    """Mean wall time of this technique's earlier records on the task, else a default."""
+def device_kind(device: str | None) -> str:
+    """cpu or cuda: which GPU ran a cell does not change what it computes; a GPU instead of a CPU may."""
+    return (device or "cpu").split(":")[0]
+
+
+def earlier_records(spec: RunSpec, tech, out_dir) -> list[dict]:
+    """This technique's records on the task under `out_dir` (any setting), sorted by file name."""
     folder = records.record_path(out_dir, spec.task, tech.id, "x").parent
-    walls = [r["timing"]["wall_s"] for p in sorted(folder.glob("*.json"))
-             if isinstance(r := records.read_json(p), dict) and isinstance(r.get("timing"), dict)
-             and isinstance(r["timing"].get("wall_s"), (int, float))]
+    return [r for p in sorted(folder.glob("*.json")) if isinstance(r := records.read_json(p), dict)]
+
+
+def measured_peak_mb(setting: str, earlier: list[dict]) -> float | None:
+    """The peak resident set an earlier record of this cell measured, else the largest among the
+    technique's records on the task, else None (nothing measured yet)."""
+    def peak(r):
+        value = (r.get("memory") or {}).get("peak_rss_mb")
+        return value if isinstance(value, (int, float)) else None
+    own = [peak(r) for r in earlier if r.get("setting") == setting and peak(r) is not None]
+    if own:
+        return own[0]
+    return max((m for r in earlier if (m := peak(r)) is not None), default=None)
+
+
+def estimate_seconds(spec: RunSpec, tech, out_dir, earlier: list[dict] | None = None) -> float:
+    """Mean wall time of this technique's earlier records on the task (`earlier`, when already
+    read), else a default."""
+    if earlier is None:
+        earlier = earlier_records(spec, tech, out_dir)
+    walls = [r["timing"]["wall_s"] for r in earlier
+             if isinstance(r.get("timing"), dict) and isinstance(r["timing"].get("wall_s"), (int, float))]
     if walls:
         return sum(walls) / len(walls)
     return DEFAULT_SECONDS.get((spec.task, tech.needs_calib), DEFAULT_OTHER_TASK_SECONDS)
@@ -139,6 +163,7 @@ class Planned:
     tech: Technique
     setting: str
     estimate_s: float
+    peak_rss_mb: float | None = None   # measured by an earlier record (the Ray executor asks for it)
 
 
 @dataclass
@@ -175,8 +200,9 @@ def select(only: list[str] | None, tasks: list[str] | None, quick: bool) -> list
 
 
 def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick: bool = False,
-         force: bool = False, out_dir: Path | str = records.RESULTS, threads: int | None = None) -> Plan:
-    """Every run of the selection, split into to-do and cached (a fresh record exists)."""
+         force: bool = False, out_dir: Path | str = records.RESULTS, threads: int | None = None,
+         device: str = "cpu") -> Plan:
+    """Every run of the selection on `device`, split into to-do and cached (a fresh record exists)."""
     result = Plan()
     code_now: dict[str, dict] = {}
     for tech, task_id in select(only, tasks, quick):
@@ -186,8 +212,9 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
             continue
         specs, notes = specs_for(tech, task_id, quick)
         result.skipped += notes
+        earlier = earlier_records(specs[0], tech, out_dir) if specs else []
         for spec in specs:
-            spec.threads = threads
+            spec.threads, spec.device = threads, device
             if quick:   # a smoke slice: one seed per cell (the full matrix runs the task's seeds)
                 spec.seeds = [spec.seed]
             try:
@@ -195,7 +222,8 @@ def plan(only: list[str] | None = None, tasks: list[str] | None = None, *, quick
             except ValueError as exc:
                 result.invalid.append((spec, str(exc)))
                 continue
-            item = Planned(spec, tech, setting, estimate_seconds(spec, tech, out_dir))
+            item = Planned(spec, tech, setting, estimate_seconds(spec, tech, out_dir, earlier),
+                           measured_peak_mb(setting, earlier))
             if tech.id not in code_now:   # hashing the sources and asking git once per technique
                 code_now[tech.id] = records.provenance(tech)
             fresh = not force and is_fresh(spec, out_dir, code_now[tech.id])

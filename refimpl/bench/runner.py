@@ -73,8 +73,6 @@ def validate(spec: RunSpec) -> tuple[Technique, Task]:
             raise ValueError(f"{name}: expected a {'non-negative' if name == 'seed' else 'positive'} integer, got {value!r}")
     if not (spec.device == "cpu" or spec.device.startswith("cuda")):
         raise ValueError(f"device: expected cpu or cuda[:i], got {spec.device!r}")
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device: CUDA was requested but torch sees no GPU")
     spec.options = coerce_options(tech, spec.options)
     if spec.seeds is not None:
         seeds = list(spec.seeds)
@@ -82,6 +80,13 @@ def validate(spec: RunSpec) -> tuple[Technique, Task]:
                 or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds: expected distinct non-negative integers, got {spec.seeds!r}")
     return tech, task
+
+
+def check_device(device: str) -> None:
+    """The device is usable here. Apart from `validate`: a cell planned on one machine may run on
+    another (a cluster's GPU node), so only the process that runs it asks torch."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device: CUDA was requested but torch sees no GPU")
 
 
 def seeds_of(spec: RunSpec, task: Task) -> list[int]:
@@ -209,6 +214,7 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
     out_dir None: nothing is written. `log(str)` receives one-line status messages.
     """
     tech, task = validate(spec)
+    check_device(spec.device)
     say = log or (lambda msg: None)
     threads = spec.threads or int(os.environ.get("ATLAS_THREADS", 0)) or torch.get_num_threads()
     t_start = time.perf_counter()
