@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +24,7 @@ from refimpl.core.registry import Claim, Deviation
 from site_gen import ROOT
 from site_gen.site import build, claims, techpages, templating
 from site_gen.site.escape import html_attr, md_text
-from test_build import make_tree
+from test_build import make_tree, parse_html
 from test_results_pages import write_record
 
 TEMPLATES = ROOT / "site_gen" / "templates"
@@ -238,24 +237,10 @@ def hostile_technique_pages(monkeypatch) -> dict[str, str]:
             "claims": claims.claims_page(checked, {"fake_tech": HOSTILE}, links)}
 
 
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def inert_problems(name: str, text: str) -> list[str]:
     """What in one generated page hostile data turned into markup (empty: it stayed text)."""
     html = text if name.endswith(".html") else markdown.markdown(text, extensions=EXTENSIONS)
-    page = _Page()
-    page.feed(html)
+    page = parse_html(html)
     problems = [f"{name}: <{tag}>" for tag, _ in page.tags if tag in ACTIVE and not name.endswith("tree.html")]
     for tag, attrs in page.tags:
         problems += [f"{name}: <{tag} {a}=...>" for a in attrs if a.startswith("on")]
