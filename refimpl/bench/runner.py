@@ -189,7 +189,7 @@ def _baseline_key(task: Task, device: str) -> dict:
 
 def fp_baseline(task: Task, model, reference, device: str, progress: bool) -> tuple[dict, bool]:
     """The fp32 metrics of the task, from the cache when its key matches (returns (metrics, cached))."""
-    path = cache_dir() / "baselines" / f"{task.id}.json"
+    path = cache_dir() / "baselines" / f"{task.id}-v{task.version}.json"   # versions side by side
     key = _baseline_key(task, device)
     cached = records.read_json(path)
     if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("metrics"), dict):
