@@ -34,6 +34,7 @@ class SmolLM2Perplexity(Task):
     eval_rows, eval_seq = 16, 512
     EVAL_BLOCK = 64
     interval_metrics = ("nll",)
+    seeds = (0, 1, 2)   # the calibration draw: which 16 passages a technique calibrates on
 
     def load(self) -> nn.Module:
         model, self.tokenizer = load_smollm2()
@@ -113,6 +114,8 @@ class MiniLMLayers(Task):
     in_features = (384, 1536)
     calib_n, calib_seq = 32, 128
     eval_sentences = 32
+    seeds = (0, 1, 2)   # the calibration draw: which 32 sentences a technique calibrates on
+    interval_metrics = ("output_rel_err", "cosine")   # over seeds (no per-example statistic)
 
     def model_sha256(self) -> str:
         from refimpl.bench.models import package_dir, sha256_cached
