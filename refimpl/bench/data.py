@@ -78,6 +78,16 @@ def sample_passages(seed: int, n: int, chars: int) -> list[str]:
     return out
 
 
+def shared_stretches(a: str, b: str, k: int = 48) -> set[str]:
+    """The k-character stretches of `a` that also occur in `b`, whitespace collapsed and case
+    folded (how the held-out/calibration split is checked: tests/bench/test_data.py)."""
+    def norm(t: str) -> str:
+        return re.sub(r"\s+", " ", t).lower()
+    a, b = norm(a), norm(b)
+    grams = {a[i:i + k] for i in range(len(a) - k + 1)}
+    return {b[i:i + k] for i in range(len(b) - k + 1)} & grams
+
+
 _STAGE = re.compile(r"\[[^\]]*\]", re.DOTALL)          # [Enter MARINERS], [Exit]
 _SPEAKER = re.compile(r"^\s*[A-Z][A-Za-z' ]{0,30}\.\s*$")  # "BOATSWAIN." / "Fran." on its own line
 _HEADING = re.compile(r"^\s*(ACT|SCENE|Scene|Act)\b.*$")

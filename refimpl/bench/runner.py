@@ -89,10 +89,16 @@ def check_device(device: str) -> None:
         raise ValueError("device: CUDA was requested but torch sees no GPU")
 
 
-def seeds_of(spec: RunSpec, task: Task) -> list[int]:
-    """The seeds a cell runs: given ones, else the task's (offset by spec.seed), else spec.seed."""
+def seeds_of(spec: RunSpec, task: Task, random: bool = True) -> list[int]:
+    """The seeds a cell runs: given ones, else the task's (offset by spec.seed), else spec.seed.
+
+    `random=False` (a post-training technique that receives no calibration data: nothing drawn at
+    random reaches it, tests/bench/test_runner.py checks that every such technique gives the same
+    weights under any seed) runs spec.seed alone, since further seeds would repeat its numbers."""
     if spec.seeds is not None:
         return list(spec.seeds)
+    if not random:
+        return [spec.seed]
     return [spec.seed + s for s in task.seeds]
 
 
@@ -135,7 +141,8 @@ def config_of(spec: RunSpec, tech: Technique, task: Task) -> dict:
              if needs and not data_free else None)
     return {"bits": spec.bits, "group_size": spec.group_size, "sym": spec.sym, "act_bits": spec.act_bits,
             "options": dict(sorted(spec.options.items())), "calib": calib, "seed": spec.seed,
-            "seeds": seeds_of(spec, task), "skip": ["lm_head"]}
+            "seeds": seeds_of(spec, task, random=calib is not None or tech.kind not in PTQ_KINDS),
+            "skip": ["lm_head"]}
 
 
 @contextlib.contextmanager
@@ -194,7 +201,7 @@ def _baseline_key(task: Task, device: str) -> dict:
 
 def fp_baseline(task: Task, model, reference, device: str, progress: bool) -> tuple[dict, bool]:
     """The fp32 metrics of the task, from the cache when its key matches (returns (metrics, cached))."""
-    path = cache_dir() / "baselines" / f"{task.id}.json"
+    path = cache_dir() / "baselines" / f"{task.id}-v{task.version}.json"   # versions side by side
     key = _baseline_key(task, device)
     cached = records.read_json(path)
     if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("metrics"), dict):

@@ -42,6 +42,21 @@ def test_tempest_is_never_in_calibration():
     assert not held & set(data.calibration_sentences(0, 200))
 
 
+def test_no_stretch_of_the_tempest_is_in_any_calibration_work():
+    """Calibration text is drawn only from the calibration works (above); none of them holds any
+    48-character stretch (about ten words) of The Tempest, so no evaluation text, wherever the task
+    takes it from the play, can reach a technique through calibration."""
+    tempest = data.works()[data.HELDOUT]
+    for work in data.calibration_works():
+        assert not data.shared_stretches(tempest, data.works()[work], 48), work
+
+
+def test_the_stretch_check_finds_a_quoted_line():
+    """The check above can fail: a work quoting one Tempest line is caught."""
+    line = "We are such stuff as dreams are made on, and our little life is rounded with a sleep."
+    assert data.shared_stretches(data.works()[data.HELDOUT], "PROSPERO.\n" + line.replace(", ", ",\n"), 48)
+
+
 def test_sampling_is_seeded():
     assert data.sample_passages(3, 4, 200) == data.sample_passages(3, 4, 200)
     assert data.sample_passages(3, 4, 200) != data.sample_passages(4, 4, 200)

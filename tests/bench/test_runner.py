@@ -106,3 +106,58 @@ def test_git_state_ignores_outputs_but_not_code(tmp_path):
     assert records.git_state(tmp_path)[1] is False
     (tmp_path / "refimpl/x.py").write_text("1\n")             # code changed under the run
     assert records.git_state(tmp_path)[1] is True
+
+
+def _calib_free_ptq(task_id: str) -> list:
+    """(technique, options) of every matrix cell on `task_id` that is post-training and gets no data."""
+    from refimpl.bench import matrix
+    from refimpl.bench.runner import PTQ_KINDS, config_of
+    from refimpl.bench.tasks import tasks_of
+    from refimpl.core.registry import all_techniques
+    out = {}
+    for tech in all_techniques():
+        if tech.kind not in PTQ_KINDS or task_id not in tasks_of(tech):
+            continue
+        for spec in matrix.specs_for(tech, task_id)[0]:
+            _, task = validate(spec)
+            if config_of(spec, tech, task)["calib"] is None:
+                out[(tech.id, tuple(sorted(spec.options.items())))] = spec
+    return list(out.values())
+
+
+@pytest.mark.parametrize("task_id", ["smollm2-ppl", "minilm-layers"])
+def test_cells_with_calibration_run_three_seeds_and_data_free_ptq_cells_one(task_id):
+    from refimpl.bench.runner import config_of
+    for tech_id, bits, seeds in (("gptq", 4, [0, 1, 2]), ("adaround", 3, [0, 1, 2]), ("rtn", 4, [0])):
+        spec = RunSpec(tech_id, task_id, bits=bits, group_size=64)
+        tech, task = validate(spec)
+        assert config_of(spec, tech, task)["seeds"] == seeds, tech_id
+    spec = RunSpec("gptq", task_id, bits=4, group_size=64, seed=5)
+    assert config_of(spec, *validate(spec))["seeds"] == [5, 6, 7]
+    assert {s.technique for s in _calib_free_ptq(task_id)} >= {"rtn", "hqq", "nf4", "quarot"}
+
+
+def test_post_training_techniques_without_data_ignore_the_seed(minilm):
+    """Why those cells run one seed: every post-training technique that the matrix runs without
+    calibration data gives bit-identical weights whatever the global RNG state."""
+    import copy
+
+    import torch
+
+    from refimpl.bench.runner import apply_technique
+    from refimpl.bench.tasks import get_task
+    model, tok = minilm[0], minilm[1]
+    task = get_task("minilm-layers")
+    task.tokenizer = tok
+    specs = _calib_free_ptq("minilm-layers")
+    assert len(specs) >= 5
+    for spec in specs:
+        tech, _ = validate(spec)
+        weights = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            q = apply_technique(copy.deepcopy(model), tech, task, spec, None)
+            weights.append({k: v.detach().clone() for k, v in q.state_dict().items()})
+        assert weights[0].keys() == weights[1].keys(), spec.technique
+        for k in weights[0]:
+            assert torch.equal(weights[0][k], weights[1][k]), (spec.technique, spec.options, k)

@@ -9,8 +9,8 @@ import torch
 
 import refimpl
 from refimpl.core.quantizer import minmax_qparams, qrange, quantize_weight, to_groups
-from refimpl.redistribution.adaround import (cross_term, hessian_factor, inverse_rectified_sigmoid, learn_rounding,
-                                             rectified_sigmoid)
+from refimpl.redistribution.adaround import (inverse_rectified_sigmoid, learn_rounding, reconstruction_grads,
+                                             rectified_sigmoid, rounding_grad, rounding_loss, sample_rows)
 from _refimpl_helpers import block_inputs
 
 LAYERS = ("attention.self.query", "output.dense")
@@ -24,11 +24,6 @@ def acts(minilm):
     return {n: (block.get_submodule(n).weight.detach().clone(), X[n], Xh[n]) for n in LAYERS}
 
 
-def hessian(X):
-    X = X.double()
-    return 2 * X.T @ X / X.shape[0]
-
-
 def out_err(W, W_q, X):
     return ((W - W_q).double() @ X.double().T).pow(2).sum().item()
 
@@ -36,7 +31,7 @@ def out_err(W, W_q, X):
 @pytest.fixture(scope="module")
 def learned(acts):
     """AdaRound (default options) of both layers at 3 and 4 bits, group 64."""
-    return {(n, bits): learn_rounding(W, hessian(X), bits, 64)
+    return {(n, bits): learn_rounding(W, X, bits, 64)
             for n, (W, X, _) in acts.items() for bits in (3, 4)}
 
 
@@ -68,7 +63,7 @@ def test_regulariser_drives_soft_rounding_to_zero_or_one(acts, learned):
     W, X, _ = acts["attention.self.query"]
     dist = lambda h: torch.minimum(h, 1 - h).mean().item()
     _, h_reg = learned["attention.self.query", 3]
-    _, h_free = learn_rounding(W, hessian(X), 3, 64, lam=0.0)
+    _, h_free = learn_rounding(W, X, 3, 64, lam=0.0)
     assert dist(h_free) > 0.2
     assert dist(h_reg) < 0.1 and dist(h_reg) < 0.5 * dist(h_free)
 
@@ -91,16 +86,45 @@ def test_api_quantizes_layer_by_layer():
     assert all(torch.isfinite(model(x)).all() for x in calib)
 
 
-def test_float_target_loss_is_exact():
-    """‖WX − W̃X̂‖²/N = ‖ΔW F‖²/2 − ⟨ΔW, G⟩ + ‖W(X − X̂)‖²/N for any W̃ (rows of X, X̂ paired)."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("float_target", [False, True])
+@pytest.mark.parametrize("batch", [None, 5])
+def test_hand_gradient_is_autograd_of_the_loss(dtype, float_target, batch):
+    """rounding_grad (full batch through H, or a mini-batch of rows) equals autograd on the loss
+    ‖ΔW X̂ᵀ − W(X − X̂)ᵀ‖²/n + λ Σ(1 − |2h − 1|^β) written plainly, with and without the regulariser,
+    including weights whose h saturates at 0 or 1."""
     g = torch.Generator().manual_seed(0)
-    W, W_t = torch.randn(6, 10, generator=g, dtype=torch.float64), torch.randn(6, 10, generator=g, dtype=torch.float64)
-    X = torch.randn(50, 10, generator=g, dtype=torch.float64)
-    X_q = X + 0.1 * torch.randn(50, 10, generator=g, dtype=torch.float64)
-    dW, F = W_t - W, hessian_factor(hessian(X_q))
-    direct = (X @ W.T - X_q @ W_t.T).pow(2).sum() / 50
-    via_terms = (dW @ F).pow(2).sum() / 2 - (dW * cross_term(W, X, X_q)).sum() + ((X - X_q) @ W.T).pow(2).sum() / 50
-    assert torch.allclose(direct, via_terms, rtol=1e-10)
+    W, V = torch.randn(7, 12, generator=g, dtype=dtype), 3 * torch.randn(7, 12, generator=g, dtype=dtype)
+    A, B = torch.randn(7, 12, generator=g, dtype=dtype), torch.rand(7, 12, generator=g, dtype=dtype)
+    X = torch.randn(30, 12, generator=g, dtype=dtype)
+    X_fp = X + 0.1 * torch.randn(30, 12, generator=g, dtype=dtype) if float_target else None
+    rows = [None] if batch is None else [torch.tensor([3, 7, 1, 22, 9])]
+    idx = torch.arange(30) if batch is None else rows[0]
+    T = None if X_fp is None else (W @ (X_fp - X).T)[:, idx]
+    assert (rectified_sigmoid(V) == 0).any() and (rectified_sigmoid(V) == 1).any()
+    for beta in (None, 20.0, 3.3, 2.0):
+        Vg = V.clone().requires_grad_(True)
+        rounding_loss(Vg, A, B, X[idx], T, 0.01, beta).backward()
+        mine = rounding_grad(V.clone(), B, reconstruction_grads(W, A, B, X, X_fp, rows)[0], 0.01, beta)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert torch.allclose(mine, Vg.grad, rtol=tol, atol=tol * Vg.grad.abs().max().item()), beta
+
+
+def test_mini_batches_visit_every_row_once_per_pass():
+    torch.manual_seed(0)
+    steps = sample_rows(10, 4, 5, "cpu")             # 2 steps per pass (8 of 10 rows), then a new pass
+    assert [len(s) for s in steps] == [4] * 5
+    first_pass = torch.cat(steps[:2])
+    assert len(set(first_pass.tolist())) == 8
+    assert sample_rows(10, 0, 3, "cpu") == [None] * 3 and sample_rows(10, 10, 2, "cpu") == [None] * 2
+
+
+def test_mini_batch_rounding_beats_rtn_and_differs_from_full_batch(acts):
+    W, X, Xh = acts["attention.self.query"]
+    torch.manual_seed(0)
+    W_mb, _ = learn_rounding(W, X, 3, 64, batch=64)
+    assert out_err(W, W_mb, Xh) < out_err(W, quantize_weight(W, 3, 64), Xh)
+    assert not torch.equal(W_mb, learn_rounding(W, X, 3, 64)[0])
 
 
 def test_float_target_recovers_what_earlier_layers_lost_on_digits():
@@ -119,7 +143,7 @@ def test_float_target_recovers_what_earlier_layers_lost_on_digits():
     assert acc["float"] > acc["quantized"] + 0.3
 
 
-@pytest.mark.parametrize("opts, param", [(dict(iters=0), "iters"), (dict(lr=0), "lr"), (dict(lam=-1), "lam"),
+@pytest.mark.parametrize("opts, param", [(dict(iters=0), "iters"), (dict(batch=-1), "batch"), (dict(lr=0), "lr"), (dict(lam=-1), "lam"),
                                          (dict(lr=float("nan")), "lr"), (dict(target="fp"), "target")])
 def test_bad_options_name_the_parameter(opts, param):
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))
@@ -130,6 +154,6 @@ def test_bad_options_name_the_parameter(opts, param):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_adaround_on_cuda(acts):
     W, X, Xh = acts["attention.self.query"]
-    W_q, _ = learn_rounding(W.cuda(), hessian(X).cuda(), 3, 64, iters=100)
+    W_q, _ = learn_rounding(W.cuda(), X.cuda(), 3, 64, iters=100)
     assert W_q.device.type == "cuda"
     assert out_err(W, W_q.cpu(), Xh) < out_err(W, quantize_weight(W, 3, 64), Xh)
