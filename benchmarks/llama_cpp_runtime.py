@@ -209,17 +209,35 @@ def export_setting(task, tech: str, bits: int, group: int, sym: bool, out: Path)
     return row
 
 
+def _update_manifest(path: Path, update) -> dict:
+    """Read-modify-write of manifest.json under a lock, so that several export processes (each with
+    its own `--only` list) can share one manifest."""
+    import fcntl
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        update(manifest)
+        _common.records.write_json_atomic(path, manifest)
+        return manifest
+
+
 def stage_export(args) -> int:
     from refimpl.bench.tasks import get_task
     args.exports.mkdir(parents=True, exist_ok=True)
     path = args.exports / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
     task = get_task("smollm2-ppl")
     base = task.load()
-    manifest["rows"] = task.eval_tokens().tolist()
-    manifest.setdefault("files", {})
-    manifest["provenance"] = {**_common.records.provenance(),
-                              "gguf": _common.records.package_version("gguf"), "load_average_at_start": _load_avg()}
+    rows = task.eval_tokens().tolist()
+    prov = {**_common.records.provenance(), "gguf": _common.records.package_version("gguf")}
+
+    def start(m: dict) -> None:
+        if args.fresh:
+            m.clear()
+        m["rows"] = rows
+        m.setdefault("files", {})
+        m.setdefault("provenance", prov)
+
+    manifest = _update_manifest(path, start)
     todo = [("float", ft) for ft in FLOATS] + [("q", s) for s in SETTINGS]
     ours_fp = manifest["files"].get("float-f32", {}).get("ours")
     for kind, s in todo:
@@ -237,8 +255,9 @@ def stage_export(args) -> int:
         else:
             row = export_setting(task, *s, out)
         row["stage_s"] = round(time.perf_counter() - t0, 1)
-        manifest["files"][name] = row
-        _common.records.write_json_atomic(path, manifest)
+        row["provenance"] = {"git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
+                             "date": _common.records.provenance()["date"], "load_avg_end": _load_avg()}
+        manifest = _update_manifest(path, lambda m: m["files"].__setitem__(name, row))
         print(f"{name}: ours {row['ours']['ppl']:.4f}  file {row['file_ppl']['ppl']:.4f}  "
               f"emulated {row['emulated']['ppl']:.4f}  {row['bytes'] / 1e6:.1f} MB  {row['stage_s']} s  "
               f"load {_load_avg()}", file=sys.stderr, flush=True)

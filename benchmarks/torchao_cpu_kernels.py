@@ -1,13 +1,13 @@
 """torchao's real low-bit CPU kernels on SmolLM2 against dense fp32: speed, weight memory, exactness.
 
 For each torchao config the Linears of the decoder (not lm_head/embeddings) are converted with
-`quantize_`. On the first 512 held-out tokens of smollm2-ppl we time one prompt forward (after a
-32-token warm-up) and `GEN` single-token decode steps, on `--threads` threads, and compare logits:
+`quantize_`. On the first `--prompt-tokens` (512) held-out tokens of smollm2-ppl we time one prompt
+forward (after a 32-token warm-up) and `--gen-tokens` single-token decode steps, on `--threads` threads, and compare logits:
 
 - `vs_fp32`: against the dense fp32 model — quantization error plus kernel arithmetic;
 - `vs_dequant`: against a dense model holding the very same quantized weights (each tensor's
   `dequantize()`) in the config's dtype — the kernel's own arithmetic only (0 = exact);
-- `ppl_row0`: perplexity of that one 512-token row (fp32: the task's first row).
+- `ppl_row0`: perplexity of that prompt (the task's first row, or its first `--prompt-tokens`).
 
 Dense fp32 is timed first and again last, to bracket drift in machine load. A config whose CPU
 path raises is recorded with its error, not skipped: "does it run on a plain CPU" is part of the
@@ -24,9 +24,6 @@ import sys
 import time
 
 import _common
-
-GEN = 16
-
 
 def configs():
     import torch
@@ -53,7 +50,7 @@ def configs():
     ]
 
 
-def timed_forward(model, ids):
+def timed_forward(model, ids, gen_tokens: int):
     """(fp32 logits of the prompt, prompt tok/s, decode tok/s)."""
     import torch
     with torch.no_grad():
@@ -63,11 +60,11 @@ def timed_forward(model, ids):
         prompt_s = time.perf_counter() - t0
         past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
         t0 = time.perf_counter()
-        for _ in range(GEN):
+        for _ in range(gen_tokens):
             step = model(input_ids=tok, past_key_values=past, use_cache=True)
             past, tok = step.past_key_values, step.logits[:, -1:].argmax(-1)
         gen_s = time.perf_counter() - t0
-    return out.logits.float(), ids.shape[1] / prompt_s, GEN / gen_s
+    return out.logits.float(), ids.shape[1] / prompt_s, gen_tokens / gen_s
 
 
 def row_ppl(logits, ids) -> float:
@@ -108,6 +105,8 @@ def dequant_reference(qmodel, dtype, ids):
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (the first row's first tokens)")
+    p.add_argument("--gen-tokens", type=int, default=16)
     args = p.parse_args()
     import torch
     import torchao
@@ -116,8 +115,8 @@ def main() -> int:
     t_start = time.perf_counter()
     load = {"start": [round(x, 2) for x in os.getloadavg()]}
     task, model = _common.smollm2()
-    ids = task.eval_tokens()[:1]
-    ref, prompt, gen = timed_forward(model, ids)
+    ids = task.eval_tokens()[:1, :args.prompt_tokens]
+    ref, prompt, gen = timed_forward(model, ids, args.gen_tokens)
     dense = {"name": "dense fp32", "dtype": "torch.float32", "linear_mb": linear_bytes(model) / 1e6,
              "prompt_tok_s": prompt, "gen_tok_s": gen, "ppl_row0": row_ppl(ref, ids), "max_abs_logit_diff_vs_fp32": 0.0}
     rows = [dense]
@@ -129,7 +128,7 @@ def main() -> int:
         try:
             quantize_(m, make(), filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and "lm_head" not in fqn)
             row["weight_type"] = type(_decoder_linears(m)[0][1].weight).__name__
-            logits, prompt, gen = timed_forward(m, ids)
+            logits, prompt, gen = timed_forward(m, ids, args.gen_tokens)
             row.update(linear_mb=linear_bytes(m) / 1e6, prompt_tok_s=prompt, gen_tok_s=gen,
                        prompt_vs_fp32=prompt / dense["prompt_tok_s"], gen_vs_fp32=gen / dense["gen_tok_s"],
                        ppl_row0=row_ppl(logits, ids), max_abs_logit_diff_vs_fp32=float((logits - ref).abs().max()))
@@ -144,11 +143,11 @@ def main() -> int:
         load[name] = [round(x, 2) for x in os.getloadavg()]
         print(row, file=sys.stderr, flush=True)
         del m
-    _, prompt, gen = timed_forward(model, ids)
+    _, prompt, gen = timed_forward(model, ids, args.gen_tokens)
     rows.append({**dense, "name": "dense fp32 (again, last)", "prompt_tok_s": prompt, "gen_tok_s": gen})
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     _common.write("torchao_cpu_kernels", {
-        "threads": args.threads, "prompt_tokens": ids.shape[1], "gen_tokens": GEN, "torchao": torchao.__version__,
+        "threads": args.threads, "prompt_tokens": ids.shape[1], "gen_tokens": args.gen_tokens, "torchao": torchao.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "wall_s": round(time.perf_counter() - t_start, 1),
         "load_average_1_5_15min": load, "rows": rows})
     return 0
