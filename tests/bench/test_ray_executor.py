@@ -159,15 +159,16 @@ def test_ctrl_c_stops_the_cluster_tasks_and_writes_nothing_half(cluster, tmp_pat
            *SLICE, "--only", "kure", "lsq", "pact"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "3 to run" in proc.stdout.readline()     # connected and submitted: the cells are starting
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180          # generous: a loaded 2-core machine starts workers slowly
     while not running_cells() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert running_cells(), "no cell started within a minute"
+    assert running_cells(), "no cell started within three minutes"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode == engine.INTERRUPTED, err
-    assert err.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in err
-    deadline = time.monotonic() + 15
+    # Ray's own log lines (a worker it stopped) may come after ours: the line is there, no traceback
+    assert any(line.startswith("interrupted:") for line in err.splitlines()) and "Traceback" not in err, err
+    deadline = time.monotonic() + 60
     while running_cells() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not running_cells()
