@@ -7,9 +7,10 @@ tokens of the smollm2-ppl task, with 95% bootstrap intervals over its 64-token b
 interval of the difference. llm-compressor runs in its own venv (benchmarks/setup_peers.sh) as a
 subprocess that receives the same fp32 checkpoint, calibration and evaluation tokens.
 `--ablations` also runs our GPTQ one factor away from that setting (our default grid; the peer's
-group-scale timing), in the same run.
+group-scale timing), in the same run. `--pairs N` times ours and the peer N times, alternating, so that
+a change of machine load hits both sides: the seconds are medians, each pair's ratio is kept.
 
-    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py [--peer-python PATH] [--ablations]
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py [--peer-python PATH] [--ablations] [--pairs N]
 """
 from __future__ import annotations
 
@@ -97,15 +98,21 @@ def main() -> int:
     p.add_argument("--peer-python", default=default_peer_python(),
                    help="python of the venv with llmcompressor (default benchmarks/.venv-peers or $PEERS_PYTHON)")
     p.add_argument("--ablations", action="store_true", help="also run our GPTQ one factor away from the setting")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="time ours and the peer N times, alternating (seconds: medians); default 1")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args.worker)
         return 0
+    if args.pairs < 1:
+        print(f"error: --pairs: expected a positive integer, got {args.pairs}", file=sys.stderr)
+        return 2
     if not Path(args.peer_python).is_file():
         print(f"error: --peer-python: {args.peer_python} not found; run benchmarks/setup_peers.sh", file=sys.stderr)
         return 2
     import copy
+    import statistics
 
     import torch
     from _common import Timer, smollm2, write
@@ -122,29 +129,43 @@ def main() -> int:
 
     ours, examples = {}, {}
 
-    def run_ours(name: str, opts: dict) -> None:
+    def run_ours(name: str, opts: dict) -> float:
         torch.manual_seed(SEED)
         model = copy.deepcopy(fp)
         with Timer() as t:
             refimpl.quantize(model, "gptq", bits=BITS, group_size=GROUP, sym=SYM, calib=calib, **opts)
         examples[name] = task.evaluate(model)["per_example"]
         ours[name] = {"options": opts, **summary(examples[name], t.s)}
+        return t.s
 
-    for name, opts in OURS.items():
-        run_ours(name, opts)
-    load["after_ours"] = os.getloadavg()
-
+    seconds, ppls = {"ours": [], "peer": []}, {"ours": [], "peer": []}   # one entry per pair
+    peer = None
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"model_path": str(smollm2_cache_path()), "calib": calib, "eval": eval_tokens,
                     "block": task.EVAL_BLOCK}, Path(tmp) / "inputs.pt")
         env = {**os.environ, "ATLAS_THREADS": str(threads)}
-        proc = subprocess.run([args.peer_python, __file__, "--worker", tmp], capture_output=True, text=True, env=env)
-    load["after_peer"] = os.getloadavg()
-    if proc.returncode != 0:
-        print(f"error: llm-compressor worker failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return 1
-    peer = json.loads(proc.stdout.strip().splitlines()[-1])
-    peer_ex, peer_s = peer["per_example"], peer["seconds"]
+        for k in range(args.pairs):
+            tag = "" if k == 0 else f"_{k + 1}"
+            (name, opts), = OURS.items()
+            seconds["ours"].append(run_ours(name, opts))
+            ppls["ours"].append(ours[name]["ppl"])
+            load["after_ours" + tag] = os.getloadavg()
+            proc = subprocess.run([args.peer_python, __file__, "--worker", tmp], capture_output=True, text=True,
+                                  env=env)
+            load["after_peer" + tag] = os.getloadavg()
+            if proc.returncode != 0:
+                print(f"error: llm-compressor worker failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            seconds["peer"].append(result["seconds"])
+            ppls["peer"].append(summary(result["per_example"])["ppl"])
+            peer = peer or result   # the first pair's evaluation is the one compared
+    peer_ex, peer_s = peer["per_example"], statistics.median(seconds["peer"])
+    ours["ours"]["seconds"] = round(statistics.median(seconds["ours"]), 2)
+    pairs = {"n": args.pairs, "seconds_ours": [round(x, 2) for x in seconds["ours"]],
+             "seconds_llmcompressor": [round(x, 2) for x in seconds["peer"]],
+             "time_ratio_each_pair": [round(o / p, 3) for o, p in zip(seconds["ours"], seconds["peer"])],
+             "ppl_ours": ppls["ours"], "ppl_llmcompressor": ppls["peer"]}
 
     def record() -> Path:
         for name in ours:  # paired over the same evaluation blocks: ours − peer
@@ -162,6 +183,7 @@ def main() -> int:
             "llmcompressor": {**summary(peer_ex, peer_s), "version": peer["version"],
                               "transformers": peer["transformers"]},
             "time_ratio_ours_over_peer": round(head["seconds"] / peer_s, 3),
+            **({"pairs": pairs} if args.pairs > 1 else {}),
             "ppl_no_worse": head["ppl"] <= summary(peer_ex)["ppl"],
             "time_at_most_half": head["seconds"] <= 0.5 * peer_s,
         }
