@@ -314,10 +314,10 @@ def stage_ppl(args) -> int:
         for n in _names(args, manifest):
             if "ppl" in done.get(n, {}).get(kv, {}) and not args.fresh:
                 continue
-            job = {"job": "ppl", "path": str(args.exports / manifest["files"][n]["file"]), "threads": args.threads,
+            job = {"job": "ppl", "path": str(args.exports / manifest["files"][n]["file"]), "threads": args.ppl_threads,
                    "rows": manifest["rows"], "kv": kv}
             res = run_job(args.llama_python, job)
-            res["load_avg"] = _load_avg()
+            res.update(load_avg=_load_avg(), threads=args.ppl_threads)
             done.setdefault(n, {})[kv] = res
             _common.records.write_json_atomic(path, done)
             print(f"ppl kv={kv} {n}: {res.get('ppl', res)}", file=sys.stderr, flush=True)
@@ -425,14 +425,16 @@ def stage_measure(args) -> int:
     noise = _side(args, "noise")[1]
     t_start = time.perf_counter()
     load = {"start": _load_avg()}
-    speed = {n: [] for n in names}
+    speed = {(n, t): [] for n in names for t in args.threads}
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            res = run_job(args.llama_python, {"job": "speed", "path": paths[n], "threads": args.threads,
-                                              "prompt": rows[0][:PROMPT_TOKENS], "gen_prompt": GEN_PROMPT,
-                                              "gen_tokens": GEN_TOKENS})
-            speed[n].append(res)
-            print(f"speed round {r} {n}: {res}", file=sys.stderr, flush=True)
+            for t in (args.threads if r % 2 == 0 else args.threads[::-1]):
+                res = run_job(args.llama_python, {"job": "speed", "path": paths[n], "threads": t,
+                                                  "prompt": rows[0][:PROMPT_TOKENS], "gen_prompt": GEN_PROMPT,
+                                                  "gen_tokens": GEN_TOKENS})
+                res["load_avg"] = _load_avg()
+                speed[n, t].append(res)
+                print(f"speed round {r} {n} threads {t}: {res}", file=sys.stderr, flush=True)
         load[f"after_round_{r}"] = _load_avg()
     wall = time.perf_counter() - t_start
 
@@ -442,20 +444,27 @@ def stage_measure(args) -> int:
         m = dict(manifest["files"][n])
         if isinstance(m.get("ggml_type"), list):
             m["ggml_type"] = ", ".join(m["ggml_type"])
-        ok = [s for s in speed[n] if "error" not in s]
-        row = {**m, "size_mb": m["bytes"] / 1e6, "runtime": ppl.get(n, {}), "speed_runs": speed[n]}
+        row = {**m, "size_mb": m["bytes"] / 1e6, "runtime": ppl.get(n, {}),
+               "speed_runs": {str(t): speed[n, t] for t in args.threads}}
         if n in noise:
             row["noise"] = noise[n]
-        if ok:
+        for t in args.threads:
+            ok = [s for s in speed[n, t] if "error" not in s]
+            if not ok:
+                continue
             med = lambda k: statistics.median(s[k] for s in ok)  # noqa: E731
-            row.update(load_s=med("load_s"), prompt_tok_s=med("prompt_tok_s"), gen_tok_s=med("gen_tok_s"),
-                       peak_rss_mb=med("peak_rss_mb"), rss_before_load_mb=med("rss_before_load_mb"),
-                       prompt_tok_s_range=[min(s["prompt_tok_s"] for s in ok), max(s["prompt_tok_s"] for s in ok)],
-                       gen_tok_s_range=[min(s["gen_tok_s"] for s in ok), max(s["gen_tok_s"] for s in ok)])
+            stats = dict(load_s=med("load_s"), prompt_tok_s=med("prompt_tok_s"), gen_tok_s=med("gen_tok_s"),
+                         peak_rss_mb=med("peak_rss_mb"), rss_before_load_mb=med("rss_before_load_mb"),
+                         prompt_tok_s_range=[min(s["prompt_tok_s"] for s in ok), max(s["prompt_tok_s"] for s in ok)],
+                         gen_tok_s_range=[min(s["gen_tok_s"] for s in ok), max(s["gen_tok_s"] for s in ok)])
+            row.setdefault("speed", {})[str(t)] = stats
+            if t == args.threads[0]:
+                row.update(stats)
         if all("ppl" in row["runtime"].get(k, {}) for k in ("f16", "f32")):
             row["agreement"] = agreement(row, floor)
         out_rows.append(row)
-    body = {"threads": args.threads, "prompt_tokens": PROMPT_TOKENS, "gen_prompt_tokens": GEN_PROMPT,
+    body = {"threads": args.threads[0], "speed_threads": args.threads, "ppl_threads": args.ppl_threads,
+            "prompt_tokens": PROMPT_TOKENS, "gen_prompt_tokens": GEN_PROMPT,
             "gen_tokens": GEN_TOKENS, "rounds": args.rounds, "eval": "smollm2-ppl eval_tokens: 4 rows x 512, "
             "each from an empty context, no BOS added, 4 x 511 scored tokens",
             "tolerance_rule": "per row: |file/ours-1| + |emulated/file-1| + noise floor; noise floor = the largest "
@@ -486,11 +495,19 @@ def main() -> int:
     p.add_argument("--exports", type=Path, default=EXPORTS, help="folder of the GGUF files and manifest.json")
     p.add_argument("--only", nargs="*", default=None, help="names such as gptq-w4-g64-sym or float-f16")
     p.add_argument("--fresh", action="store_true", help="export again even where a file exists")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="+", default=[2],
+                   help="llama.cpp threads; speed is measured at each, the first is the headline")
+    p.add_argument("--ppl-threads", type=int, default=2, help="llama.cpp threads of the ppl jobs")
+    p.add_argument("--torch-threads", type=int, default=int(os.environ.get("ATLAS_THREADS", 1)),
+                   help="torch threads of the export and noise stages (quality only; on a loaded machine 2 "
+                        "threads ran 4-5x slower than 1, OpenMP waiting on descheduled threads)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--noise-files", nargs="*", default=NOISE_FILES)
     p.add_argument("--llama-python", default=str(_common.ROOT / ".cache" / "llama-venv" / "bin" / "python"))
     args = p.parse_args()
+    if args.stage in ("export", "noise", "all"):
+        import torch
+        torch.set_num_threads(args.torch_threads)
     if args.stage in ("export", "all"):
         stage_export(args)
     if args.stage in ("ppl", "all"):

@@ -6,7 +6,8 @@ forward (after a 32-token warm-up) and `--gen-tokens` single-token decode steps,
 
 - `vs_fp32`: against the dense fp32 model — quantization error plus kernel arithmetic;
 - `vs_dequant`: against a dense model holding the very same quantized weights (each tensor's
-  `dequantize()`) in the config's dtype — the kernel's own arithmetic only (0 = exact);
+  `dequantize()`) in the config's dtype — the kernel's own arithmetic only for weight-only configs
+  (0 = exact); for dynamic-activation configs it also contains the activation quantization;
 - `ppl_row0`: perplexity of that prompt (the task's first row, or its first `--prompt-tokens`).
 
 Dense fp32 is timed first and again last, to bracket drift in machine load. A config whose CPU
@@ -31,6 +32,10 @@ def configs():
                                       Int8DynamicActivationIntxWeightConfig, Int8WeightOnlyConfig,
                                       IntxWeightOnlyConfig)
     from torchao.quantization.granularity import PerGroup
+
+    def proto(name):   # torchao.prototype: the CPU-specific int4 configs (Int4OpaqueTensor)
+        from torchao.prototype.quantization import int4
+        return getattr(int4, name)
     g32 = PerGroup(32)
     return [
         ("int8 weight-only (per row)", torch.float32, lambda: Int8WeightOnlyConfig()),
@@ -47,6 +52,13 @@ def configs():
         ("int8 dyn-act + int4 weight g32, opaque_torchao_auto", torch.float32,
          lambda: Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=g32,
                                                        intx_packing_format="opaque_torchao_auto")),
+        # the CPU int4 kernels proper: tinygemm _weight_int4pack_mm_for_cpu (A16W4) and da8w4_linear_cpu
+        ("prototype int4 weight-only g32 (Int4OpaqueTensor, tinygemm CPU)", torch.float32,
+         lambda: proto("PrototypeInt4WeightOnlyConfig")(group_size=32)),
+        ("prototype int4 weight-only g32 (Int4OpaqueTensor, tinygemm CPU)", torch.bfloat16,
+         lambda: proto("PrototypeInt4WeightOnlyConfig")(group_size=32)),
+        ("prototype int8 dyn-act + int4 weight g32 (da8w4_linear_cpu)", torch.float32,
+         lambda: proto("Int8DynamicActivationInt4WeightConfig")(group_size=32)),
     ]
 
 
