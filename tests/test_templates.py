@@ -207,9 +207,19 @@ def hostile_tree(root: Path) -> Path:
         {"technique": HOSTILE, "bits": 4, "group_size": 32, "sym": True, "format": HOSTILE, "bytes": 1e6,
          "max_rel_weight_err": 1e-4, "ours": {"ppl": 40.0}, "exported": {"ppl": 40.1}}],
         "provenance": {"cpu": HOSTILE}}), encoding="utf-8")
-    (bench / "llama_cpp_runtime.json").write_text(json.dumps({"threads": HOSTILE, "rows": [
-        {"file": HOSTILE, "size_mb": 1.0, "load_s": 0.1, "prompt_tok_s": 10.0, "gen_tok_s": 5.0, "peak_rss_mb": 9.0,
-         "ppl": 40.0}], "provenance": {"cpu": HOSTILE}}), encoding="utf-8")
+    (bench / "llama_cpp_runtime.json").write_text(json.dumps({
+        "threads": HOSTILE, "rounds": HOSTILE, "eval": HOSTILE, "cpu_model": HOSTILE, "noise_floor": 0.002,
+        "llama": {"llama_cpp_python": HOSTILE}, "load_average_1_5_15min": {"start": [1.0]},
+        "rows": [{"technique": "gptq", "setting": HOSTILE, "bits": 4, "group_size": HOSTILE, "sym": True,
+                  "ggml_type": HOSTILE, "size_mb": 1.0, "load_s": 0.1, "prompt_tok_s": 10.0, "gen_tok_s": 5.0,
+                  "peak_rss_mb": 9.0, "ours": {"ppl": 40.0}, "file_ppl": {"ppl": 40.0}, "emulated": {"ppl": 40.1},
+                  "runtime": {"f16": {"ppl": 40.2}}, "command": HOSTILE,
+                  "agreement": {"tolerance": 0.01, "runtime_vs_ours_signed": 0.005, "within": True}},
+                 {"technique": None, "setting": HOSTILE, "ggml_type": [HOSTILE], "size_mb": 2.0}],
+        "provenance": {"cpu": HOSTILE}}), encoding="utf-8")
+    (bench / "torchao_cpu_kernels.json").write_text(json.dumps({
+        "torchao": HOSTILE, "threads": HOSTILE, "rows": [{"name": HOSTILE, "dtype": HOSTILE, "error": HOSTILE}],
+        "provenance": {"cpu": HOSTILE}}), encoding="utf-8")
     return root
 
 

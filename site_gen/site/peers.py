@@ -112,7 +112,8 @@ def section(stem: str, data: dict, root: Path) -> dict:
 
 def peers_page(root: Path) -> Safe:
     sections = []
-    files = sorted((root / "benchmarks" / "results").glob("*.json"))
+    from site_gen.site.deploy_page import RECORDS
+    files = sorted(p for p in (root / "benchmarks" / "results").glob("*.json") if p.stem not in RECORDS)
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from site_gen.site import claims, peers, results, techpages
+from site_gen.site import claims, deploy_page, peers, results, techpages
 from site_gen.site.templating import Safe, render
+from refimpl.bench.tasks import tasks_of
 
 RESULTS_DIR = "generated/results"
 
@@ -54,6 +55,7 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
     checked = claims.check_all(techs, res.records)
     same_dir = {t.id: f"{t.id}.md" for t in techs}
     part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
+    runtime = deploy_page.load_runtime(root)   # llama.cpp measurements: each page's export section
     for t in techs:
         body, charts = results.technique_tables(t.id, res, "../plots", cache)
         own = [papers_by_id[t.paper]] if t.paper in papers_by_id else []
@@ -62,7 +64,8 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
             t, techniques[t.id].get("source", ""), from_tech, own,
             techpages.find_tests(tests, t), body, _read(root, techniques[t.id].get("source", "")),
             claims.technique_box(t, [c for c in checked if c.technique == t.id], "../claims.md", same_dir),
-            extra=profile if t.id == "tdq" else "")
+            extra=profile if t.id == "tdq" else "",
+            exports=deploy_page.technique_exports(t.id, tasks_of(t), runtime, "../deploy.md"))
         part.files.update({f"docs/{k}": v for k, v in charts.items()})
     counts = {t.id: sum(r["technique"] == t.id for r in res.records) for t in techs}
     part.pages[f"{techpages.TECH_DIR}/index.md"] = techpages.index_page(techs, from_tech, counts)

@@ -202,11 +202,12 @@ def find_tests(tests: dict[str, str], tech) -> list[str]:
 
 def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], papers: list[dict],
                    tests: list[str], results_md: Safe | str, code: str = "", differences: Safe | str = "",
-                   extra: Safe | str = "") -> Safe:
+                   extra: Safe | str = "", exports: Safe | str = "") -> Safe:
     """Markdown of one technique page; `sub_links` maps sub-category id -> (link from this
     page, label), for its own section and its papers' sections; `differences` is the
     "Differences from the paper" box (site_gen.site.claims.technique_box), shown after the
-    explanation; `extra` a section after the results."""
+    explanation; `extra` a section after the results; `exports` the "Export to runtime formats"
+    section (site_gen.site.deploy_page.technique_exports)."""
     from refimpl.bench.tasks import tasks_of
     sub = sub_links.get(tech.subcategory)
     own = [{"title": p["title"], "url": p.get("url"), "venue": p["venue"], "year": p["year"],
@@ -224,7 +225,8 @@ def technique_page(tech, source: str, sub_links: dict[str, tuple[str, str]], pap
         options=[(k, repr(v)) for k, v in tech.options().items()], source=source, tests=tests,
         # the whole module, folded: the page and the code it describes side by side
         code=code_block(code, "python", indent="    ") if code else "",
-        papers=own, paper=tech.paper, results=results_md, extra=extra)
+        papers=own, paper=tech.paper, results=results_md, extra=extra,
+        exports=stripped(exports))
 
 
 def _cli_task(tech) -> str:
