@@ -6,7 +6,7 @@ Four stages, two interpreters, exchanging only files:
 
 - `export` (project venv, torch): each setting is quantized on the task (calibration seed 0, as
   `python -m refimpl export` does), written to GGUF with F16 embeddings, and evaluated three ways on
-  the task's 4×512 held-out tokens with the task's own `evaluate` (each row from an empty context,
+  the task's held-out tokens (16×512) with the task's own `evaluate` (each row from an empty context,
   token t + 1 scored from the logits at t):
     ours       our fake-quant model, the number the atlas reports;
     file       the same model with exactly the weights the file holds: fp16-rounded block scales
@@ -465,8 +465,8 @@ def stage_measure(args) -> int:
         out_rows.append(row)
     body = {"threads": args.threads[0], "speed_threads": args.threads, "ppl_threads": args.ppl_threads,
             "prompt_tokens": PROMPT_TOKENS, "gen_prompt_tokens": GEN_PROMPT,
-            "gen_tokens": GEN_TOKENS, "rounds": args.rounds, "eval": "smollm2-ppl eval_tokens: 4 rows x 512, "
-            "each from an empty context, no BOS added, 4 x 511 scored tokens",
+            "gen_tokens": GEN_TOKENS, "rounds": args.rounds, "eval": f"smollm2-ppl's held-out tokens, {len(rows)} rows × "
+            f"{len(rows[0])}, each row from an empty context, no BOS added, {len(rows)} × {len(rows[0]) - 1} scored tokens",
             "tolerance_rule": "per row: |file/ours-1| + |emulated/file-1| + noise floor; noise floor = the largest "
             "|a/b-1| over float-equivalent re-evaluations of one quantized file (torch SDPA vs eager attention on the "
             "emulated model; llama.cpp f16 vs f32 KV cache); within: |runtime/ours-1| <= tolerance, runtime with its "

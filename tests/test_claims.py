@@ -21,6 +21,16 @@ def test_missing_record_is_not_measured():
     assert got.verdict == claims.NOT_MEASURED and got.ours is None
 
 
+def test_records_marked_stale_are_never_paired_with_current_ones():
+    old = rec("w2-pc-sym-a4", 0.95)
+    old["old"] = True
+    records = [old, rec("w2-pc-sym-a4-p=0.0", 0.5)]
+    got = claims.check("qdrop", CLAIM, records, stale=lambda r: r.get("old", False))
+    assert got.verdict == claims.STALE and got.ours is None
+    # the same records, none stale: a verdict (one seed, so no interval)
+    assert claims.check("qdrop", CLAIM, records).verdict == claims.VERDICTS["unknown"]
+
+
 def test_one_seed_without_per_example_data_has_no_interval():
     got = claims.check("qdrop", CLAIM, [rec("w2-pc-sym-a4", 0.79), rec("w2-pc-sym-a4-p=0.0", 0.92)])
     assert got.verdict == claims.VERDICTS["unknown"]

@@ -17,6 +17,8 @@ from site_gen.site.templating import Safe, fragment, render
 
 PAGE = "generated/claims.md"
 NOT_MEASURED = "not measured"
+# its cells have records, but only ones marked † (older task version, code changed, ...): never mixed in
+STALE = "awaiting re-run (records marked †)"
 # compare()'s verdict -> the words the site shows
 VERDICTS = {"better": "confirmed", "worse": "not confirmed",
             "tie": "inconclusive (intervals overlap)",
@@ -32,7 +34,7 @@ class Checked:
     ours: float | None             # mean of the metric over the paired seeds (None: no record)
     theirs: float | None
     seeds: int                     # how many seed runs the compared cells have (the fewer of the two)
-    verdict: str                   # one of VERDICTS' values, or NOT_MEASURED
+    verdict: str                   # one of VERDICTS' values, NOT_MEASURED or STALE
     interval: tuple[float, float, float] | None = None   # (ours − theirs, low, high) when one exists
 
     @property
@@ -63,16 +65,21 @@ def _has_metric(rec: dict, metric: str) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check(technique: str, claim, records: list[dict]) -> Checked:
-    """The verdict of `claim` of `technique`: its cell against `claim.versus`, paired by seed."""
+def check(technique: str, claim, records: list[dict], stale=lambda rec: False) -> Checked:
+    """The verdict of `claim` of `technique`: its cell against `claim.versus`, paired by seed.
+    Records for which `stale` is true (the site marks them †) are left out: a verdict never pairs a
+    current record with one the tree would not reproduce."""
     from refimpl.bench.stats import compare, seed_runs
     other, _, other_setting = claim.versus.partition("/")
-    ours = cell_records(records, claim.task, technique, claim.setting)
-    theirs = cell_records(records, claim.task, other, other_setting)
+    current = [r for r in records if not stale(r)]
+    ours = cell_records(current, claim.task, technique, claim.setting)
+    theirs = cell_records(current, claim.task, other, other_setting)
     seeds = sorted(s for s in set(ours) & set(theirs)
                    if _has_metric(ours[s], claim.metric) and _has_metric(theirs[s], claim.metric))
     if not seeds:
-        return Checked(technique, claim, None, None, 0, NOT_MEASURED)
+        old = len(current) < len(records) and (cell_records(records, claim.task, technique, claim.setting)
+                                               or cell_records(records, claim.task, other, other_setting))
+        return Checked(technique, claim, None, None, 0, STALE if old else NOT_MEASURED)
     a = [ours[s] for s in seeds]
     b = [theirs[s] for s in seeds]
     result = compare(a, b, claim.metric, claim.higher_is_better)
@@ -82,9 +89,9 @@ def check(technique: str, claim, records: list[dict]) -> Checked:
                    VERDICTS[result.verdict], interval)
 
 
-def check_all(techs: list, records: list[dict]) -> list[Checked]:
-    """Every claim of every technique, in registry order."""
-    return [check(t.id, c, records) for t in techs for c in t.claims]
+def check_all(techs: list, records: list[dict], stale=lambda rec: False) -> list[Checked]:
+    """Every claim of every technique, in registry order, from the records that are not `stale`."""
+    return [check(t.id, c, records, stale) for t in techs for c in t.claims]
 
 
 # ---------------------------------------------------------------- Markdown
@@ -117,7 +124,7 @@ def technique_box(tech, checked: list[Checked], claims_link: str, links: dict[st
 
 def claims_page(checked: list[Checked], names: dict[str, str], links: dict[str, str]) -> Safe:
     """One table for the whole atlas: technique, claim, task/setting, ours vs versus, verdict, cause."""
-    counts = {v: sum(c.verdict == v for c in checked) for v in [*VERDICTS.values(), NOT_MEASURED]}
+    counts = {v: sum(c.verdict == v for c in checked) for v in [*VERDICTS.values(), STALE, NOT_MEASURED]}
     rows = [dict(claim_row(c, links), name=names.get(c.technique, c.technique), link=links.get(c.technique))
             for c in checked]
     return render("claims.md.j2", checked=rows,

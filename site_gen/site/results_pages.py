@@ -52,7 +52,7 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
 
     # the diffusion activation-range profile: shown on the digits-ddpm leaderboard and the tdq page
     profile, profile_charts = results.act_range_section(root, "../plots", cache)
-    checked = claims.check_all(techs, res.records)
+    checked = claims.check_all(techs, res.records, stale=lambda r: bool(res.flags(r)))
     same_dir = {t.id: f"{t.id}.md" for t in techs}
     part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     runtime = deploy_page.load_runtime(root)   # llama.cpp measurements: each page's export section
