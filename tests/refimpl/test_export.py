@@ -131,7 +131,8 @@ def test_gguf_carries_tokenizer_metadata_from_a_source_file(tmp_path):
 # ---- compressed-tensors ----
 
 CT_CASES = [("rtn", {}, 4, 32, True), ("gptq", {}, 4, 64, True), ("rtn", {}, 8, None, True), ("gptq", {}, 4, 32, False),
-            ("rtn", {}, 3, 32, False)]
+            ("rtn", {}, 3, 32, False), ("awq", dict(grid=5), 4, 32, True), ("mse_clip", dict(grid=10), 4, 64, True),
+            ("mse_clip", dict(grid=10), 4, 32, False), ("hqq", {}, 4, 64, True)]
 
 
 @pytest.mark.parametrize("method, opts, bits, group_size, sym", CT_CASES,
@@ -155,9 +156,11 @@ def test_compressed_tensors_decompress_to_our_weights_exactly(tmp_path, method, 
 
 @pytest.mark.parametrize("scale_dtype, tol", [(torch.float32, 0.0), (torch.float16, LOGIT_TOL)], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("bits, group_size", [(4, 32), (4, None), (8, 64)], ids=["w4g32", "w4ch", "w8g64"])
-def test_compressed_tensors_round_trip_through_transformers(tmp_path, bits, group_size, scale_dtype, tol):
+@pytest.mark.parametrize("method, opts", [("gptq", {}), ("rtn", {}), ("awq", dict(grid=5)), ("mse_clip", dict(grid=10)),
+                                           ("hqq", {})], ids=["gptq", "rtn", "awq", "mse_clip", "hqq"])
+def test_compressed_tensors_round_trip_through_transformers(tmp_path, method, opts, bits, group_size, scale_dtype, tol):
     pytest.importorskip("compressed_tensors")
-    model = quantized("gptq", {}, bits, group_size, True)
+    model = quantized(method, opts, bits, group_size, True)
     refimpl.export(model, "compressed-tensors", tmp_path / "ct", scale_dtype=scale_dtype)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.float32).eval()
     ref = logits(model)
