@@ -18,9 +18,9 @@ Four stages, two interpreters, exchanging only files:
   The F32 and F16 baselines are the unquantized model written with every Linear in float.
   Files, token ids and these numbers go to <exports>/manifest.json.
 - `ppl` (jobs in the llama venv, numpy + llama_cpp only, see llama_cpp_child.py; one fresh process
-  per job): perplexity from llama.cpp's own logits with its default f16 KV cache and with an f32
-  KV cache, per file not measured yet (<exports>/runtime_ppl.json). Quality only: it may run while
-  other files are still being exported.
+  per job): perplexity from llama.cpp's own logits with its default f16 KV cache, and for the
+  `--kv32-files` (default: the noise files) also with an f32 KV cache, per file not measured yet
+  (<exports>/runtime_ppl.json). Quality only: it may run while other files are still being exported.
 - `noise` (project venv): the emulated model rebuilt from a few files (gguf's own dequantizer), scored
   with SDPA attention (must reproduce `emulated`) and with eager attention (<exports>/noise.json).
 - `measure`: speed of every file in ONE run, `--rounds` rounds in alternating order, median per
@@ -284,17 +284,6 @@ def _rel(a: float, b: float) -> float:
     return abs(a / b - 1)
 
 
-def agreement(row: dict, floor: float) -> dict:
-    """The row's tolerance (sum of the measured effects) and whether the runtime's ppl is within it."""
-    ours, file_, emul = row["ours"]["ppl"], row["file_ppl"]["ppl"], row["emulated"]["ppl"]
-    d_file, d_act = _rel(file_, ours), _rel(emul, file_)
-    tol = d_file + d_act + floor
-    rt, rt32 = row["runtime"]["f16"]["ppl"], row["runtime"]["f32"]["ppl"]
-    return {"delta_file": d_file, "delta_activations": d_act, "delta_runtime_float": floor, "tolerance": tol,
-            "runtime_vs_ours": _rel(rt, ours), "within": _rel(rt, ours) <= tol,
-            "runtime_kv32_vs_emulated": _rel(rt32, emul)}
-
-
 def _names(args, manifest) -> list[str]:
     names = [n for n in [f"float-{f}" for f in FLOATS] + [name_of(*s) for s in SETTINGS] if n in manifest["files"]]
     return [n for n in names if n in args.only] if args.only else names
@@ -312,6 +301,8 @@ def stage_ppl(args) -> int:
     path, done = _side(args, "runtime_ppl")
     for kv in ("f16", "f32"):
         for n in _names(args, manifest):
+            if kv == "f32" and n not in args.kv32_files:
+                continue
             if "ppl" in done.get(n, {}).get(kv, {}) and not args.fresh:
                 continue
             job = {"job": "ppl", "path": str(args.exports / manifest["files"][n]["file"]), "threads": args.ppl_threads,
@@ -403,15 +394,20 @@ def noise_floor(noise: dict, runtime: dict) -> tuple[float, dict]:
 
 
 def agreement(row: dict, floor: float) -> dict:
-    """The row's tolerance (sum of the measured effects) and whether the runtime's ppl is within it."""
+    """The row's tolerance (sum of the measured effects) and whether the runtime's ppl is within it.
+    The f32-KV comparisons are there for the files whose f32-KV run was measured (`--kv32-files`)."""
     ours, file_, emul = row["ours"]["ppl"], row["file_ppl"]["ppl"], row["emulated"]["ppl"]
     d_file, d_act = _rel(file_, ours), _rel(emul, file_)
     tol = d_file + d_act + floor
-    rt, rt32 = row["runtime"]["f16"]["ppl"], row["runtime"]["f32"]["ppl"]
-    return {"delta_file": d_file, "delta_activations": d_act, "noise_floor": floor, "tolerance": tol,
-            "runtime_vs_ours": _rel(rt, ours), "runtime_vs_ours_signed": rt / ours - 1, "within": _rel(rt, ours) <= tol,
-            "runtime_kv32_vs_ours": _rel(rt32, ours), "within_kv32": _rel(rt32, ours) <= tol,
-            "runtime_vs_emulated": _rel(rt, emul), "runtime_kv32_vs_emulated": _rel(rt32, emul)}
+    rt = row["runtime"]["f16"]["ppl"]
+    out = {"delta_file": d_file, "delta_activations": d_act, "noise_floor": floor, "tolerance": tol,
+           "runtime_vs_ours": _rel(rt, ours), "runtime_vs_ours_signed": rt / ours - 1, "within": _rel(rt, ours) <= tol,
+           "runtime_vs_emulated": _rel(rt, emul)}
+    rt32 = row["runtime"].get("f32", {}).get("ppl")
+    if rt32 is not None:
+        out.update(runtime_kv32_vs_ours=_rel(rt32, ours), within_kv32=_rel(rt32, ours) <= tol,
+                   runtime_kv32_vs_emulated=_rel(rt32, emul))
+    return out
 
 
 def stage_measure(args) -> int:
@@ -460,7 +456,7 @@ def stage_measure(args) -> int:
             row.setdefault("speed", {})[str(t)] = stats
             if t == args.threads[0]:
                 row.update(stats)
-        if all("ppl" in row["runtime"].get(k, {}) for k in ("f16", "f32")):
+        if "ppl" in row["runtime"].get("f16", {}) and row.get("file_ppl"):
             row["agreement"] = agreement(row, floor)
         out_rows.append(row)
     body = {"threads": args.threads[0], "speed_threads": args.threads, "ppl_threads": args.ppl_threads,
@@ -503,6 +499,8 @@ def main() -> int:
                         "threads ran 4-5x slower than 1, OpenMP waiting on descheduled threads)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--noise-files", nargs="*", default=NOISE_FILES)
+    p.add_argument("--kv32-files", nargs="*", default=NOISE_FILES,
+                   help="files also run with an f32 KV cache (one term of the noise floor)")
     p.add_argument("--llama-python", default=str(_common.ROOT / ".cache" / "llama-venv" / "bin" / "python"))
     args = p.parse_args()
     if args.stage in ("export", "noise", "all"):
