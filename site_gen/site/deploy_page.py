@@ -96,16 +96,22 @@ def runtime_groups(record: dict) -> list[dict]:
             for k in sorted(groups, key=lambda k: (order.index(k) if k in order else len(order), k))]
 
 
+def _load_range(record: dict) -> str:
+    """"a–b": the lowest and highest 1-minute load average the record took, "" when it took none."""
+    loads = [v[0] for v in (record.get("load_average_1_5_15min") or {}).values() if isinstance(v, list) and v]
+    return f"{min(loads):.1f}–{max(loads):.1f}" if loads else ""
+
+
 def _runtime_provenance(record: dict) -> str:
     llama = record.get("llama") or {}
-    loads = [v[0] for v in (record.get("load_average_1_5_15min") or {}).values() if isinstance(v, list) and v]
+    loads = _load_range(record)
     bits = [_provenance(record).rstrip(".")]
     if llama.get("llama_cpp_python"):
         bits.append(f"llama-cpp-python {llama['llama_cpp_python']} built from its PyPI sdist")
     if record.get("cpu_model"):
         bits.append(str(record["cpu_model"]))
     if loads:
-        bits.append(f"1-min load average {min(loads):.1f}–{max(loads):.1f} during the speed run")
+        bits.append(f"1-min load average {loads} during the speed run")
     if record.get("speed_wall_s"):
         bits.append(f"speed run {record['speed_wall_s'] / 60:.0f} min for all files")
     return "; ".join(b for b in bits if b) + "."
@@ -114,13 +120,13 @@ def _runtime_provenance(record: dict) -> str:
 def runtime_view(record: dict) -> dict:
     """What the "In llama.cpp" section prints: the measuring rule's parameters, one table per GGUF
     type, the provenance line."""
-    rows = record.get("rows") or []
-    within = [r for r in runtime_rows(record) if r["within"] != "–"]
+    groups = runtime_groups(record)
+    within = [r for g in groups for r in g["rows"] if r["within"] != "–"]
     return {"threads": record.get("threads", "?"), "prompt_tokens": record.get("prompt_tokens", "?"),
             "gen_prompt": record.get("gen_prompt_tokens", "?"), "gen_tokens": record.get("gen_tokens", "?"),
             "rounds": record.get("rounds", "?"), "eval": record.get("eval", ""),
-            "floor": _pct(record.get("noise_floor")), "groups": runtime_groups(record),
-            "agree": sum(r["within"] == "yes" for r in within), "compared": len(within), "files": len(rows),
+            "floor": _pct(record.get("noise_floor")), "groups": groups,
+            "agree": sum(r["within"] == "yes" for r in within), "compared": len(within),
             "provenance": _runtime_provenance(record)}
 
 
@@ -150,10 +156,9 @@ def torchao_view(record: dict) -> dict:
                      "mb": _fmt(r.get("linear_mb"), ".1f"), "prompt": _ratio(r.get("prompt_vs_fp32")),
                      "gen": _ratio(r.get("gen_vs_fp32")), "exact": _fmt(exact, ".2g"),
                      "ppl": _fmt(r.get("ppl_row0"), ".2f"), "error": r.get("error") or ""})
-    loads = [v[0] for v in (record.get("load_average_1_5_15min") or {}).values() if isinstance(v, list) and v]
-    prov = _provenance(record).rstrip(".")
+    prov, loads = _provenance(record).rstrip("."), _load_range(record)
     if loads:
-        prov += f"; 1-min load average {min(loads):.1f}–{max(loads):.1f} (speed ratios, not absolute speeds, carry over)"
+        prov += f"; 1-min load average {loads} (speed ratios, not absolute speeds, carry over)"
     return {"version": record.get("torchao", "?"), "threads": record.get("threads", "?"),
             "prompt_tokens": record.get("prompt_tokens", "?"), "gen_tokens": record.get("gen_tokens", "?"),
             "rows": rows, "provenance": prov + "."}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from site_gen.site import deploy_page
 from site_gen.site.results import fmt
 from site_gen.site.templating import Safe, render
 
@@ -112,8 +113,7 @@ def section(stem: str, data: dict, root: Path) -> dict:
 
 def peers_page(root: Path) -> Safe:
     sections = []
-    from site_gen.site.deploy_page import RECORDS
-    files = sorted(p for p in (root / "benchmarks" / "results").glob("*.json") if p.stem not in RECORDS)
+    files = sorted(p for p in (root / "benchmarks" / "results").glob("*.json") if p.stem not in deploy_page.RECORDS)
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from site_gen.site import claims, deploy_page, peers, results, techpages
 from site_gen.site.templating import Safe, render
-from refimpl.bench.tasks import tasks_of
 
 RESULTS_DIR = "generated/results"
 
@@ -56,6 +55,7 @@ def generate(root: Path, taxonomy: dict, papers: list[dict], techniques: dict[st
     same_dir = {t.id: f"{t.id}.md" for t in techs}
     part.files.update({f"docs/{k}": v for k, v in profile_charts.items()})
     runtime = deploy_page.load_runtime(root)   # llama.cpp measurements: each page's export section
+    from refimpl.bench.tasks import tasks_of    # imported here, as this module's other refimpl imports
     for t in techs:
         body, charts = results.technique_tables(t.id, res, "../plots", cache)
         own = [papers_by_id[t.paper]] if t.paper in papers_by_id else []
