@@ -5,6 +5,7 @@ Run every script from the repository root with the project's venv, e.g.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,11 @@ class Timer:
 
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self.t0
+
+
+def load_avg() -> list[float]:
+    """The 1/5/15-minute load averages, rounded to 0.01 (recorded beside every timing)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def write(name: str, body: dict, technique: str | None = None) -> Path:

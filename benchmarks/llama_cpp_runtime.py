@@ -72,10 +72,6 @@ def name_of(tech: str, bits: int, group: int, sym: bool) -> str:
     return f"{tech}-w{bits}-g{group}-{'sym' if sym else 'asym'}"
 
 
-def _load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 # ---------------------------------------------------------------- export stage (project venv)
 
 def q8_blocks(x):
@@ -195,7 +191,7 @@ def export_setting(task, tech: str, bits: int, group: int, sym: bool, out: Path)
     row = {"setting": name_of(tech, bits, group, sym), "technique": tech, "bits": bits, "group_size": group,
            "sym": sym, "ggml_type": sorted({k for k in kinds.values() if k.startswith("Q")}),
            "file": out.name, "bytes": report["bytes"], "quantize_s": round(quantize_s, 1),
-           "quantize_load_avg": _load_avg(), "max_rel_weight_err": report["max_rel_weight_err"],
+           "quantize_load_avg": _common.load_avg(), "max_rel_weight_err": report["max_rel_weight_err"],
            "rel_frobenius_err": report["rel_frobenius_err"],
            "command": (f"python -m refimpl export {tech} --task smollm2-ppl --bits {bits} --group-size {group}"
                        + (" --sym" if sym else "") + f" --format gguf --float-type f16 --out {out.name}")}
@@ -256,11 +252,11 @@ def stage_export(args) -> int:
             row = export_setting(task, *s, out)
         row["stage_s"] = round(time.perf_counter() - t0, 1)
         row["provenance"] = {"git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
-                             "date": _common.records.provenance()["date"], "load_avg_end": _load_avg()}
+                             "date": _common.records.provenance()["date"], "load_avg_end": _common.load_avg()}
         manifest = _update_manifest(path, lambda m: m["files"].__setitem__(name, row))
         print(f"{name}: ours {row['ours']['ppl']:.4f}  file {row['file_ppl']['ppl']:.4f}  "
               f"emulated {row['emulated']['ppl']:.4f}  {row['bytes'] / 1e6:.1f} MB  {row['stage_s']} s  "
-              f"load {_load_avg()}", file=sys.stderr, flush=True)
+              f"load {_common.load_avg()}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -308,7 +304,7 @@ def stage_ppl(args) -> int:
             job = {"job": "ppl", "path": str(args.exports / manifest["files"][n]["file"]), "threads": args.ppl_threads,
                    "rows": manifest["rows"], "kv": kv}
             res = run_job(args.llama_python, job)
-            res.update(load_avg=_load_avg(), threads=args.ppl_threads)
+            res.update(load_avg=_common.load_avg(), threads=args.ppl_threads)
             done.setdefault(n, {})[kv] = res
             _common.records.write_json_atomic(path, done)
             print(f"ppl kv={kv} {n}: {res.get('ppl', res)}", file=sys.stderr, flush=True)
@@ -370,7 +366,7 @@ def stage_noise(args) -> int:
             if getattr(m, "config", None) is not None:
                 m.config._attn_implementation = "eager"
         res["eager"] = _evaluate(task, model)
-        res["load_avg"] = _load_avg()
+        res["load_avg"] = _common.load_avg()
         done[n] = res
         _common.records.write_json_atomic(path, done)
         print(f"noise {n}: sdpa {res['sdpa']['ppl']:.4f} (export stage: {manifest['files'][n]['emulated']['ppl']:.4f}) "
@@ -420,7 +416,7 @@ def stage_measure(args) -> int:
     ppl = _side(args, "runtime_ppl")[1]
     noise = _side(args, "noise")[1]
     t_start = time.perf_counter()
-    load = {"start": _load_avg()}
+    load = {"start": _common.load_avg()}
     speed = {(n, t): [] for n in names for t in args.threads}
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
@@ -428,10 +424,10 @@ def stage_measure(args) -> int:
                 res = run_job(args.llama_python, {"job": "speed", "path": paths[n], "threads": t,
                                                   "prompt": rows[0][:PROMPT_TOKENS], "gen_prompt": GEN_PROMPT,
                                                   "gen_tokens": GEN_TOKENS})
-                res["load_avg"] = _load_avg()
+                res["load_avg"] = _common.load_avg()
                 speed[n, t].append(res)
                 print(f"speed round {r} {n} threads {t}: {res}", file=sys.stderr, flush=True)
-        load[f"after_round_{r}"] = _load_avg()
+        load[f"after_round_{r}"] = _common.load_avg()
     wall = time.perf_counter() - t_start
 
     floor, pairs = noise_floor(noise, ppl)
@@ -469,20 +465,11 @@ def stage_measure(args) -> int:
             "default f16 KV cache",
             "noise_floor": floor, "noise_pairs": pairs, "speed_wall_s": round(wall, 1),
             "load_average_1_5_15min": load, "export_provenance": manifest.get("provenance"),
-            "llama": _llama_versions(args.llama_python), "cpu_model": _cpu_model(), "rows": out_rows}
+            "llama": _llama_versions(args.llama_python),
+            "cpu_model": f"{_common.records.cpu_model()}, {os.cpu_count()} cores", "rows": out_rows}
     path = _common.write("llama_cpp_runtime" + ("-partial" if args.only else ""), body)
     print(f"wrote {path} ({wall:.0f} s)", file=sys.stderr)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return ""
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 
@@ -125,7 +124,7 @@ def main() -> int:
     from torchao.quantization import quantize_
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    load = {"start": [round(x, 2) for x in os.getloadavg()]}
+    load = {"start": _common.load_avg()}
     task, model = _common.smollm2()
     ids = task.eval_tokens()[:1, :args.prompt_tokens]
     ref, prompt, gen = timed_forward(model, ids, args.gen_tokens)
@@ -152,12 +151,12 @@ def main() -> int:
         except Exception as err:   # noqa: BLE001 - recorded as the result: no working CPU path here
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
-        load[name] = [round(x, 2) for x in os.getloadavg()]
+        load[name] = _common.load_avg()
         print(row, file=sys.stderr, flush=True)
         del m
     _, prompt, gen = timed_forward(model, ids, args.gen_tokens)
     rows.append({**dense, "name": "dense fp32 (again, last)", "prompt_tok_s": prompt, "gen_tok_s": gen})
-    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    load["end"] = _common.load_avg()
     _common.write("torchao_cpu_kernels", {
         "threads": args.threads, "prompt_tokens": ids.shape[1], "gen_tokens": args.gen_tokens, "torchao": torchao.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "wall_s": round(time.perf_counter() - t_start, 1),
