@@ -1,11 +1,14 @@
-"""Layer-by-layer calibration on real inputs, shared by GPTQ, AdaRound, MSE clipping and bias correction.
+"""Layer-by-layer calibration on real inputs, shared by AdaRound and bias correction.
 
 `for_each_layer(model, batches, fn, stat=..., sequential=...)` walks the model block by block
 (`sequential_blocks`): block i sees the outputs of the already quantized blocks 0..i-1. Inside a
 block it gathers one statistic per Linear on those real inputs and calls
 `fn(name, layer, stat)`, which quantizes the layer in place:
 
-- `stat="hessian"`: H = 2/N · Σ x xᵀ (`accumulate_hessians`), enough for any loss ‖WX − ŴX‖²;
+- `stat="hessian"`: H = 2/N · Σ x xᵀ (`accumulate_hessians`, float64, one sequence at a time), enough
+  for any loss ‖WX − ŴX‖². GPTQ and MSE clipping take the same H from `core.hessian`, which stacks
+  sequences and skips the mirrored half of XᵀX; this plain path stays as the reference the tests
+  check that fast one against;
 - `stat="inputs"`: the input rows X `[N, in_features]` themselves (`capture_inputs`).
 
 With `sequential=True` the Linears of a block are visited in execution order, in groups that

@@ -18,6 +18,8 @@ independent; the groups of one row are coupled through H, so α is chosen group 
 2·Δ_j · (Σ_{k≠j} H_jk Δ_kᵀ). Each step can only lower the loss, so the result is never worse
 than RTN on the calibration data, whatever the grid. Cost: grid · out · in · g multiply-adds
 per layer, so the per-channel search (g = in) is the expensive case.
+H comes from `core.hessian` block by block (each block on the outputs of the already quantized
+blocks, as GPTQ calibrates), accumulated in float32.
 Simplified vs the paper: a grid search instead of ACIQ's closed-form clipping values for
 Gaussian/Laplace priors.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from refimpl.core.calib import find_linears
-from refimpl.core.layerwise import for_each_layer
+from refimpl.core.hessian import hessians_block_by_block
 from refimpl.core.gridtag import record_if_param
 from refimpl.core.quantizer import fake_quant, from_groups, minmax_qparams, to_groups
 from refimpl.core.registry import Claim, Deviation, register
@@ -117,5 +119,5 @@ def mse_clip(model, cfg, calib, *, grid: int = 100, objective: str = "output"):
         for name, layer in find_linears(model, cfg.skip).items():
             quantize_layer(name, layer, None)
     else:
-        for_each_layer(model, calib, quantize_layer, skip=cfg.skip, stat="hessian")
+        hessians_block_by_block(model, calib, quantize_layer, skip=cfg.skip)
     return model
