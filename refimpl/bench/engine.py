@@ -31,10 +31,11 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 from refimpl.bench.executors import NAMES as EXECUTORS
 from refimpl.bench.executors import Executor, ExecutorError
-from refimpl.bench.executors.local import LocalExecutor, run_group, run_isolated  # noqa: F401 (the engine's API)
+from refimpl.bench.executors.local import LocalExecutor, run_group, run_isolated, run_plan  # noqa: F401 (the engine's API)
 
 FAILURES = "_failures.json"
 DEFAULT_TIMEOUT_S = 1800
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and check each new value against its record's interval; runs nothing else")
     p.add_argument("--verify-seed", type=int, default=0, help="seed of the --verify draw (default 0)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="local: children running at once (each runs one technique's settings on one task); "
-                        "with --jobs N use --threads 1 so that N runs share N cores")
+                   help="local: children running at once (each runs one technique's settings on one task; "
+                        "--verify too); with --jobs N use --threads 1 so that N runs share N cores")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: child processes on this machine (default); ray: one Ray task per cell")
     p.add_argument("--address", default=None, metavar="HOST:PORT",
@@ -295,17 +296,15 @@ def verify(args, out_dir: Path, timeout: float) -> int:
         print("error: --verify: no current record to verify (re-run the matrix first)", file=sys.stderr)
         return 1
     verdicts = []
+    # one child per technique and task as in a matrix run, --jobs of them at a time; verdicts print as cells end
+    items = [SimpleNamespace(spec=ver.spec_of(r), tech=SimpleNamespace(id=r["technique"]), record=r) for r in chosen]
     with tempfile.TemporaryDirectory(prefix="atlas-verify-") as tmp:
-        groups: dict[tuple, list] = {}
-        for r in chosen:
-            groups.setdefault((r["task"], r["technique"]), []).append(r)
-        for group in groups.values():
-            runs = run_group([ver.spec_of(r) for r in group], Path(tmp), timeout)
-            for r, (_spec, _summary, reason, tail, _retry) in zip(group, runs):
-                new = records.read_json(records.record_path(Path(tmp), r["task"], r["technique"], r["setting"]))
-                verdicts.append(ver.judge(r, new if isinstance(new, dict) and not reason else None,
-                                          get_task(r["task"]).primary))
-                print(verdicts[-1].line() + (f" ({reason}: {' | '.join(tail[-2:])})" if reason else ""), flush=True)
+        for ended in run_plan(items, Path(tmp), timeout, args.jobs):
+            r, reason, tail = ended.item.record, ended.reason, ended.tail
+            new = records.read_json(records.record_path(Path(tmp), r["task"], r["technique"], r["setting"]))
+            verdicts.append(ver.judge(r, new if isinstance(new, dict) and not reason else None,
+                                      get_task(r["task"]).primary))
+            print(verdicts[-1].line() + (f" ({reason}: {' | '.join(tail[-2:])})" if reason else ""), flush=True)
     bad = [v for v in verdicts if not v.ok]
     print(f"verified {len(verdicts)}: {len(verdicts) - len(bad)} within their interval, {len(bad)} mismatched")
     return 1 if bad else 0

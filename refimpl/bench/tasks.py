@@ -238,7 +238,12 @@ class DigitsCNNTask(Task):
         return digits.load_model()
 
     def calib(self, seed: int, n: int, seq: int = 0) -> list[torch.Tensor]:
-        """n calibration digits chosen by `seed`, in batches of 60 images [b, 1, 8, 8]."""
+        """n calibration digits chosen by `seed`, in batches of 60 images [b, 1, 8, 8].
+
+        At the default n = 180 (the whole pool) a seed changes only the order of the digits and so the
+        batches: a method that sums over calibration inputs (GPTQ's Hessian, min/max ranges) gets the
+        same number under every seed, and the interval of its cell comes from the bootstrap over test
+        digits alone. Methods that see batches (AdaRound's steps, QAT) or draw data do vary."""
         pool = self.split()["calib"].x
         if not 1 <= n <= len(pool):
             raise ValueError(f"calib_n: digits-cnn has {len(pool)} calibration digits, asked for {n}")

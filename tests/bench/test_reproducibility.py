@@ -113,6 +113,20 @@ def test_verify_reruns_a_cell_and_judges_it_against_its_interval(rtn_w2):
     assert "MISMATCH digits-cnn/rtn/w2-pc-sym-a4: accuracy recorded 0.9, re-run 0.353" in no.stdout
 
 
+def test_verify_runs_cells_of_several_techniques_side_by_side(tmp_path):
+    """--jobs 2: one child per technique and task, both verdicts printed, the exit status over all."""
+    out = tmp_path / "results"
+    for tech in ("rtn", "bias_correction"):
+        run(RunSpec(tech, "digits-cnn", bits=2, sym=True, act_bits=4, threads=1), out_dir=out)
+    args = [sys.executable, "-m", "site_gen", "bench", "--verify", "--jobs", "2", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verify: 2 of 2 current cells" in done.stdout
+    assert "2 within their interval, 0 mismatched" in done.stdout
+    for tech in ("rtn", "bias_correction"):
+        assert f"digits-cnn/{tech}/w2-pc-sym-a4" in done.stdout
+
+
 def test_a_record_of_another_model_is_stale_not_verified(rtn_w2):
     _, rec = rtn_w2
     other = dict(rec, inputs=dict(rec["inputs"], model_sha256="0" * 64))
