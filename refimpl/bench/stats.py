@@ -2,7 +2,9 @@
 
 A record may carry `per_example`: the raw per-test-example quantities its metric is aggregated
 from (digits: `correct` 0/1 per test image; perplexity: `nll_sum` and `tokens` per evaluation
-window; DDPM: none, its Fréchet distance is a set statistic and its noise comes from seeds).
+window; MiniLM: per held-out sentence, each layer's squared output error and squared output norm,
+and the embedding cosine; DDPM: none, its Fréchet distance is a set statistic and its noise comes
+from seeds).
 From those, a paired bootstrap over examples gives an interval for the difference between two
 cells measured on the same examples; several seeds of one cell give a t-interval of the mean.
 An ordering is claimed only when every available interval of the difference excludes zero.
@@ -45,8 +47,27 @@ def _ppl(ex: dict, idx: np.ndarray):
     return np.exp(_nll(ex, idx))
 
 
+def _summed(ex: dict, key: str, idx: np.ndarray):
+    """Σ over the resampled examples of a per-example quantity (scalar or vector per example)."""
+    return np.asarray(ex[key], dtype=float)[idx].sum(axis=idx.ndim - 1)
+
+
+def _layer_rel_err(ex: dict, idx: np.ndarray):
+    # minilm-layers: the mean over layers of ‖Y − Ŷ‖/‖Y‖, each layer's norms summed over the sentences
+    return np.sqrt(_summed(ex, "layer_err2", idx) / _summed(ex, "layer_ref2", idx)).mean(-1)
+
+
+def _output_rel_err(ex: dict, idx: np.ndarray):
+    return np.sqrt(_summed(ex, "out_err2", idx) / _summed(ex, "out_ref2", idx))
+
+
+def _cosine(ex: dict, idx: np.ndarray):
+    return np.asarray(ex["cosine"], dtype=float)[idx].mean(-1)
+
+
 # metric name -> statistic of a resampled set of examples; only these metrics have per-example data
-STATISTICS = {"accuracy": _accuracy, "nll": _nll, "ppl": _ppl}
+STATISTICS = {"accuracy": _accuracy, "nll": _nll, "ppl": _ppl,
+              "layer_rel_err": _layer_rel_err, "output_rel_err": _output_rel_err, "cosine": _cosine}
 
 
 def n_examples(ex: dict) -> int:

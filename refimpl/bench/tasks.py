@@ -115,7 +115,7 @@ class MiniLMLayers(Task):
     calib_n, calib_seq = 32, 128
     eval_sentences = 32
     seeds = (0, 1, 2)   # the calibration draw: which 32 sentences a technique calibrates on
-    interval_metrics = ("output_rel_err", "cosine")   # over seeds (no per-example statistic)
+    interval_metrics = ("output_rel_err", "cosine")   # over seeds and over the 32 held-out sentences
 
     def model_sha256(self) -> str:
         from refimpl.bench.models import package_dir, sha256_cached
@@ -163,6 +163,8 @@ class MiniLMLayers(Task):
             for h in handles:
                 h.remove()
         cat = {n: (torch.cat(xs[n]), torch.cat(ys[n])) for n in names}
+        # rows per sentence (tokens; one for a pooler): a sentence is the unit a bootstrap resamples
+        self._rows = {"hidden": [h.shape[0] for h in hidden], **{n: [y.shape[0] for y in ys[n]] for n in names}}
         return cat, torch.cat(hidden), torch.stack(pooled)
 
     def reference(self, fp_model: nn.Module) -> dict:
@@ -176,22 +178,43 @@ class MiniLMLayers(Task):
         """Relative errors ‖Y − Ŷ‖/‖Y‖ (per layer local and end-to-end) and embedding cosine."""
         names = reference["names"]
         layers, hidden, pooled = self._trace(model, names)
-        local, e2e = [], []
+        rows = self._rows
+        local, e2e, err2, ref2 = [], [], [], []
         for n in names:
             X_f, Y_f = reference["layers"][n]
             # the same fp32 inputs through the quantized module (a QuantLinear also quantizes them)
             Y_local = model.get_submodule(n)(X_f.to(model_device(model)))
             local.append(_rel(Y_f, Y_local))
             e2e.append(_rel(Y_f, layers[n][1]))
+            err2.append(_per_sentence(Y_f - Y_local.to(Y_f.device, Y_f.dtype), rows[n]))
+            ref2.append(_per_sentence(Y_f, rows[n]))
         cos = nn.functional.cosine_similarity(reference["pooled"], pooled.to(reference["pooled"].device), dim=-1)
+        H = reference["hidden"]
+        # per sentence: squared error and squared norm of every layer's output (layer_rel_err is the mean
+        # over layers of sqrt(Σ error / Σ norm)), of the final hidden states, and the embedding cosine
+        per_example = {"layer_err2": _sig(torch.stack(err2, 1)), "layer_ref2": _sig(torch.stack(ref2, 1)),
+                       "out_err2": _sig(_per_sentence(H - hidden.to(H.device, H.dtype), rows["hidden"])),
+                       "out_ref2": _sig(_per_sentence(H, rows["hidden"])), "cosine": _sig(cos)}
         return {"layer_rel_err": sum(local) / len(local), "layer_rel_err_max": max(local),
                 "layer_rel_err_e2e": sum(e2e) / len(e2e), "output_rel_err": _rel(reference["hidden"], hidden),
-                "cosine": cos.mean().item(), "cosine_min": cos.min().item(), "layers": len(names)}
+                "cosine": cos.mean().item(), "cosine_min": cos.min().item(), "layers": len(names),
+                "per_example": per_example}
 
 
 def _rel(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
     Y_hat = Y_hat.to(Y.device, Y.dtype)
     return ((Y - Y_hat).norm() / Y.norm().clamp_min(torch.finfo(Y.dtype).tiny)).item()
+
+
+def _sig(t: torch.Tensor, digits: int = 7):
+    """Nested lists of floats rounded to `digits` significant digits: ample for a bootstrap, and a
+    record of 32 sentences × 36 layers stays small."""
+    return torch.tensor(t.tolist(), dtype=torch.float64).apply_(lambda v: float(f"{v:.{digits}g}")).tolist()
+
+
+def _per_sentence(D: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Σ of squares of the rows of D `[tokens, features]` per sentence (float64) → `[sentences]`."""
+    return torch.stack([part.double().pow(2).sum() for part in D.split(lengths)])
 
 
 class DigitsCNNTask(Task):

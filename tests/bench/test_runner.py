@@ -54,6 +54,25 @@ def test_same_seed_gives_identical_metrics(two_runs):
     assert first["metrics"]["cosine"] < first["fp_baseline"]["cosine"]
 
 
+def test_minilm_cells_carry_per_sentence_data_and_a_bootstrap_interval(two_runs):
+    """A one-seed MiniLM cell (data-free RTN) still has an interval: the bootstrap over its 32 held-out
+    sentences, from per-sentence sums that reproduce the recorded metrics exactly."""
+    import numpy as np
+    from refimpl.bench import stats
+    _, first, _ = two_runs
+    ex = first["seed_runs"][0]["per_example"]
+    assert stats.n_examples(ex) == 32 and len(ex["layer_err2"][0]) == first["metrics"]["layers"]
+    full = np.arange(32)
+    for metric in ("layer_rel_err", "output_rel_err", "cosine"):
+        assert np.isclose(stats.STATISTICS[metric](ex, full), first["metrics"][metric], rtol=1e-5), metric
+        iv = first["intervals"][metric]
+        assert iv["n_seeds"] == 1 and iv["n_examples"] == 32
+        assert iv["lo"] < first["metrics"][metric] < iv["hi"], metric
+    # sentences differ, so the interval has width, but 32 sentences pin a 3-bit error to within ±20%
+    iv = first["intervals"]["layer_rel_err"]
+    assert 0 < iv["hi"] - iv["lo"] < 0.4 * iv["mean"]
+
+
 def test_record_has_full_provenance(two_runs):
     out, first, _ = two_runs
     path = out / "minilm-layers" / "rtn" / "w3-g64-asym-seed7.json"
