@@ -130,8 +130,9 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def provenance(technique=None, device: str = "cpu", threads: int | None = None) -> dict:
-    """Everything needed to say where and how a number was produced."""
+def provenance(technique=None, device: str = "cpu", threads: int | None = None, options: dict | None = None) -> dict:
+    """Everything needed to say where and how a number was produced (`options`: the cell's, when one
+    names another technique that the computation runs, e.g. QuaRot's quantizer='gptq')."""
     import torch
     commit, dirty = git_state()
     return {
@@ -143,12 +144,21 @@ def provenance(technique=None, device: str = "cpu", threads: int | None = None) 
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "technique_module": technique.module if technique else None,
         "technique_source_sha256": sha256_file(technique.source_file) if technique else None,
-        "code_sha256": code_sha256(technique) if technique else None,
+        "code_sha256": code_sha256(technique, options) if technique else None,
     }
 
 
-def dependency_files(technique) -> list[Path]:
-    """The technique's own file and every refimpl module it reaches through its imports.
+def techniques_named(options: dict | None) -> list:
+    """Registered techniques that a cell's options name (QuaRot's quantizer='gptq' runs GPTQ through
+    the registry, a call the import walk of `dependency_files` cannot see)."""
+    from refimpl.core.registry import all_techniques
+    ids = {v for v in (options or {}).values() if isinstance(v, str)}
+    return [t for t in all_techniques() if t.id in ids]
+
+
+def dependency_files(technique, options: dict | None = None) -> list[Path]:
+    """The technique's own file and every refimpl module it reaches through its imports, and those
+    of any technique its `options` name.
 
     Walks module globals (modules, functions and classes defined under refimpl.*) transitively,
     so a change in a shared core helper the technique uses invalidates its cached results, while
@@ -156,7 +166,7 @@ def dependency_files(technique) -> list[Path]:
     """
     import inspect
     import sys
-    todo, seen = [technique.module], set()
+    todo, seen = [technique.module, *(t.module for t in techniques_named(options))], set()
     while todo:
         name = todo.pop()
         if name in seen or not name.startswith("refimpl.") or name not in sys.modules:
@@ -172,10 +182,10 @@ def dependency_files(technique) -> list[Path]:
     return sorted(files)
 
 
-def code_sha256(technique) -> str:
+def code_sha256(technique, options: dict | None = None) -> str:
     """One hash over the technique's dependency files (relative path + content), in a stable order."""
     h = hashlib.sha256()
-    for path in dependency_files(technique):
+    for path in dependency_files(technique, options):
         rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -241,13 +251,13 @@ def _git_show(commit: str, rel: str) -> str | None:
 _SAME_CACHE: dict[tuple, bool] = {}
 
 
-def same_computation_since(technique, commit: str | None) -> bool:
+def same_computation_since(technique, commit: str | None, options: dict | None = None) -> bool:
     """Whether the technique's dependency files compute the same as they did at `commit` (git
     history): a record whose code hash changed only through docstrings, comments or
     registration metadata is still a measurement of the code in the tree."""
     if not commit:
         return False
-    files = dependency_files(technique)
+    files = dependency_files(technique, options)
     key = (technique.id, commit, tuple(str(p) for p in files))
     if key not in _SAME_CACHE:
         same = True
@@ -370,7 +380,10 @@ def code_current(technique, record: dict, now: str | None = None) -> bool:
     """The record measured the code in the tree: same code hash, or (from a clean commit) the
     same computation as now (`same_computation_since`)."""
     prov = record.get("provenance") or {}
+    options = (record.get("config") or {}).get("options")
+    if techniques_named(options):   # `now` is the technique's own hash; this cell also runs another one
+        now = code_sha256(technique, options)
     if prov.get("code_sha256") == (now or code_sha256(technique)):
         return True
-    return prov.get("git_dirty") is False and same_computation_since(technique, prov.get("git_commit"))
+    return prov.get("git_dirty") is False and same_computation_since(technique, prov.get("git_commit"), options)
 

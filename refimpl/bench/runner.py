@@ -271,7 +271,7 @@ def run(spec: RunSpec, *, out_dir: Path | None = records.RESULTS, progress: bool
         "metrics": metrics, "intervals": records.intervals(runs, task), "seed_runs": runs,
         "inputs": inputs, "fp_baseline": baseline,
         **({"fp_per_example": fp_per_example} if fp_per_example else {}), "caveat": task.caveat,
-        "provenance": records.provenance(tech, spec.device, threads),
+        "provenance": records.provenance(tech, spec.device, threads, spec.options),
         "timing": {"wall_s": round(time.perf_counter() - t_start, 2), "load_s": round(load_s, 2),
                    "quantize_s": round(quantize_s, 2), "eval_s": round(eval_s, 2)},
         "memory": {"peak_rss_mb": _mb(records.peak_rss_bytes()), "start_rss_mb": _mb(rss_start),

@@ -13,6 +13,7 @@ import torch
 
 from refimpl.bench import digits, models, records, stats, verify
 from refimpl.bench.runner import RunSpec, run
+from refimpl.core.registry import get
 
 
 def test_shipped_weights_match_their_pinned_hash_and_metric():
@@ -132,6 +133,24 @@ def test_a_record_of_another_model_is_stale_not_verified(rtn_w2):
     other = dict(rec, inputs=dict(rec["inputs"], model_sha256="0" * 64))
     assert verify.stale_reason(other) == "other fp model"
     assert verify.stale_reason(rec) is None
+
+
+def test_an_option_naming_another_technique_brings_its_code_into_the_hash():
+    """QuaRot with quantizer='gptq' runs GPTQ through the registry: a GPTQ change must stale that cell."""
+    from pathlib import Path
+    quarot, gptq = get("quarot"), get("gptq")
+    opts = {"quantizer": "gptq"}
+    gptq_file = Path(gptq.source_file).resolve()
+    assert gptq_file not in records.dependency_files(quarot)
+    assert gptq_file in records.dependency_files(quarot, opts)
+    own, with_gptq = records.code_sha256(quarot), records.code_sha256(quarot, opts)
+    assert own != with_gptq
+    # a record hashed without GPTQ's files (uncommitted, so no history to consult) is not current
+    rec = {"config": {"options": opts}, "provenance": {"code_sha256": own, "git_dirty": True}}
+    assert not records.code_current(quarot, rec, own)
+    rec["provenance"]["code_sha256"] = with_gptq
+    assert records.code_current(quarot, rec, own)
+    assert records.code_current(quarot, {"config": {"options": {}}, "provenance": {"code_sha256": own}}, own)
 
 
 def test_docstrings_comments_and_registration_do_not_change_the_computation():
