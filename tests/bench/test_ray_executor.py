@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -155,15 +156,17 @@ def test_a_gpu_cell_is_refused_up_front_on_a_cpu_only_cluster(cluster, tmp_path)
 
 def test_ctrl_c_stops_the_cluster_tasks_and_writes_nothing_half(cluster, tmp_path):
     address, env = cluster
+    # every setting of three QAT techniques (24 cells, a minute or more on 2 cores), not the 3-cell quick
+    # slice: on a quiet machine those 3 can all end between the first cell starting and the signal
     cmd = [sys.executable, "-m", "refimpl", "bench", "--out", str(tmp_path), "--executor", "ray", "--address", address,
-           *SLICE, "--only", "kure", "lsq", "pact"]
+           "--task", "digits-cnn", "--threads", "1", "--only", "kure", "lsq", "pact"]
     # only this run's cells count: a cell an earlier test left to finish must not trigger the signal
     ours = lambda: [t for t in running_cells() if any(f" {x}" in t or f"/{x}" in t for x in ("kure", "lsq", "pact"))]
     deadline = time.monotonic() + 120
     while running_cells() and time.monotonic() < deadline:
         time.sleep(0.2)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert "3 to run" in proc.stdout.readline()     # connected and submitted: the cells are starting
+    assert re.search(r"\b\d{2,} to run", proc.stdout.readline())   # connected and submitted: cells are starting
     deadline = time.monotonic() + 180          # generous: a loaded 2-core machine starts workers slowly
     while not ours() and time.monotonic() < deadline:
         time.sleep(0.2)
