@@ -165,7 +165,10 @@ def test_ctrl_c_stops_the_cluster_tasks_and_writes_nothing_half(cluster, tmp_pat
     deadline = time.monotonic() + 120
     while running_cells() and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a suite started in the background (`make test &`, nohup) hands SIGINT down ignored, and Python then
+    # never turns it into KeyboardInterrupt: give the run the default disposition a terminal would
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert re.search(r"\b\d{2,} to run", proc.stdout.readline())   # connected and submitted: cells are starting
     deadline = time.monotonic() + 180          # generous: a loaded 2-core machine starts workers slowly
     while not ours() and time.monotonic() < deadline:
