@@ -141,3 +141,38 @@ def test_bad_ids_exit_2_before_anything_runs(capsys):
     assert bench.main(["--only", "no_such_technique", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("error: only: unknown technique(s) no_such_technique")
     assert bench.main(["--task", "no-such-task", "--dry-run"]) == 2
+
+
+def _planned(cells):
+    from refimpl.core.registry import get
+    return [matrix.Planned(RunSpec(t, task, bits=b), get(t), f"w{b}", est) for task, t, b, est in cells]
+
+
+def test_groups_start_longest_first_and_long_groups_split_with_several_jobs():
+    """One child per technique and task (cells share its start-up and model load), longest group
+    first; with --jobs > 1 a group estimated over SPLIT_S runs one cell per child, so that its long
+    cells can run side by side."""
+    from refimpl.bench.executors import SPLIT_S, schedule
+    plan = _planned([("minilm-layers", "rtn", 4, 5.0), ("minilm-layers", "gptq", 4, 50.0),
+                     ("minilm-layers", "gptq", 3, 60.0), ("minilm-layers", "awq", 4, 80.0),
+                     ("smollm2-ppl", "adaround", 3, SPLIT_S), ("smollm2-ppl", "adaround", 4, SPLIT_S / 2)])
+    def names(groups):
+        return [[f"{p.tech.id}/{p.setting}" for p in g] for g in groups]
+    assert names(schedule(plan, jobs=1)) == [["adaround/w3", "adaround/w4"], ["gptq/w4", "gptq/w3"],
+                                             ["awq/w4"], ["rtn/w4"]]
+    assert names(schedule(plan, jobs=2)) == [["adaround/w3"], ["adaround/w4"], ["gptq/w4", "gptq/w3"],
+                                             ["awq/w4"], ["rtn/w4"]]
+
+
+def test_the_estimate_is_the_schedule_s_wall_not_the_sum_over_lanes():
+    """Two lanes, one 100 s group and four 10 s ones: the wall is 100 s (plus start-ups), not 140/2."""
+    from refimpl.bench.executors import makespan
+    from refimpl.bench.executors.local import LocalExecutor
+    plan = _planned([("minilm-layers", "gptq", 4, 100.0)] + [("minilm-layers", t, 4, 10.0)
+                                                           for t in ("rtn", "awq", "hqq", "nf4")])
+    groups = LocalExecutor(2).groups(plan)
+    assert makespan(groups, 2, 0.0) == 100.0
+    assert makespan(groups, 2, 1.0) == 101.0
+    assert makespan(groups, 1, 0.0) == 140.0
+    total, spawn_each = bench.estimate(plan, LocalExecutor(2))
+    assert total == 100.0 + LocalExecutor.spawn_s and spawn_each == LocalExecutor.spawn_s

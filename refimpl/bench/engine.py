@@ -34,7 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from refimpl.bench.executors import NAMES as EXECUTORS
-from refimpl.bench.executors import Executor, ExecutorError
+from refimpl.bench.executors import Executor, ExecutorError, makespan
 from refimpl.bench.executors.local import LocalExecutor, run_group, run_isolated, run_plan  # noqa: F401 (the engine's API)
 
 FAILURES = "_failures.json"
@@ -155,11 +155,13 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
-def estimate(todo: list, parallel: int, spawn_s: float) -> tuple[float, float]:
+def estimate(todo: list, executor: Executor) -> tuple[float, float]:
     """(seconds the whole to-do list should take, start-up seconds counted per cell): earlier
-    records' wall times, plus one start-up per technique-and-task group, over `parallel` lanes."""
-    spawn_each = spawn_s * len({(p.spec.task, p.tech.id) for p in todo}) / max(len(todo), 1)
-    return sum(p.estimate_s + spawn_each for p in todo) / parallel, spawn_each
+    records' wall times plus one start-up per group, scheduled as the executor will run them
+    (`makespan`: a lane takes the next group when it is free, so one long group can set the wall)."""
+    groups = executor.groups(todo)
+    spawn_each = executor.spawn_s * len(groups) / max(len(todo), 1)
+    return makespan(groups, executor.parallel, executor.spawn_s), spawn_each
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip: {note}")
     todo, cached = todo_plan.todo, todo_plan.cached
     if args.dry_run:
-        total_est, _ = estimate(todo, args.jobs, LocalExecutor.spawn_s if args.executor == "local" else 0.0)
+        lanes = LocalExecutor(args.jobs)
+        if args.executor != "local":   # a cluster's own scheduler: one cell per task, no start-up counted
+            lanes = Executor()
+            lanes.parallel = args.jobs
+        total_est, _ = estimate(todo, lanes)
         print(f"{len(todo)} to run, {len(cached)} cached, results in {out_dir}; estimated {clock(total_est)}")
         for p in todo:
             print(f"  {p.spec.task:<14} {p.tech.id:<16} {p.setting:<28} ~{p.estimate_s:.0f} s")
@@ -229,7 +235,7 @@ def run_cells(executor: Executor, todo: list, out_dir: Path, timeout: float, ret
     """Run `todo` on the executor, printing a line per cell as it ends, and return how many ran;
     failed cells are appended to `failures`. A retry-able failure (time limit, lost worker) is
     run again, up to `retries` times, in a later pass over the cells that need it."""
-    total_est, spawn_each = estimate(todo, executor.parallel, executor.spawn_s)
+    total_est, spawn_each = estimate(todo, executor)
     print(f"{len(todo)} to run, {n_cached} cached, results in {out_dir}; estimated {clock(total_est)}"
           + (f" ({executor.name} executor, {executor.parallel} at a time)" if executor.name != "local" else ""),
           flush=True)

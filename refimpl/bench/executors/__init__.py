@@ -29,6 +29,39 @@ class Ended(NamedTuple):
     retry: bool = False
 
 
+SPLIT_S = 300.0   # a technique's cells on one task estimated over this run one child per cell (jobs > 1)
+
+
+def schedule(todo: list, jobs: int, split_s: float = SPLIT_S) -> list[list]:
+    """The cells of `todo` (matrix.Planned) in groups, in the order free lanes take them.
+
+    A group is one technique's cells on one task, run by one child (one Python and torch start-up
+    and one model load for all of them). With more than one job, a group estimated over `split_s`
+    seconds is split into single cells, so that its long cells (AdaRound on SmolLM2) run side by
+    side instead of one after another in one lane. Groups start longest first (by estimate; plan
+    order among equals): a long group started last would run alone while the other lanes idle."""
+    groups: dict[tuple, list] = {}
+    for p in todo:
+        groups.setdefault((p.spec.task, p.tech.id), []).append(p)
+    out: list[list] = []
+    for group in groups.values():
+        if jobs > 1 and len(group) > 1 and sum(p.estimate_s for p in group) > split_s:
+            out.extend([p] for p in group)
+        else:
+            out.append(group)
+    return sorted(out, key=lambda g: -sum(p.estimate_s for p in g))
+
+
+def makespan(groups: list[list], lanes: int, spawn_s: float) -> float:
+    """Seconds until the last group ends when each group, in order, goes to the lane that is free
+    first and costs `spawn_s` plus its cells' estimates: the wall time a run of `groups` should take."""
+    free = [0.0] * max(1, lanes)
+    for group in groups:
+        i = free.index(min(free))
+        free[i] += spawn_s + sum(p.estimate_s for p in group)
+    return max(free) if groups else 0.0
+
+
 class ExecutorError(Exception):
     """The executor cannot start or cannot take these cells; the message is one line for the user."""
 
@@ -45,6 +78,10 @@ class Executor:
 
     def refuse(self, todo: list) -> str | None:
         return None
+
+    def groups(self, todo: list) -> list[list]:
+        """How `run` will submit `todo`: here one cell at a time, in plan order."""
+        return [[p] for p in todo]
 
     def run(self, todo: list, out_dir: Path, timeout: float, attempt: int = 1) -> Iterator[Ended]:
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """The local executor: cells run in child Python processes on this machine.
 
 One child per technique and task runs that group's cells in order (starting Python, torch and
-the registry costs seconds, more than a digits cell itself), `jobs` children at a time, each
-cell with its own time limit. A crash, a segfault or an out-of-memory kill loses that cell only:
+the registry costs seconds, more than a digits cell itself), `jobs` children at a time, longest
+groups first, each cell with its own time limit; with several jobs a long group is split into
+one child per cell (`executors.schedule`). A crash, a segfault or an out-of-memory kill loses that cell only:
 the child has already written the records before it, and the cells after it go on in a fresh
 child. The child writes each record atomically (records.write_json_atomic) and prints one JSON
 summary line per finished cell on stdout.
@@ -23,7 +24,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from refimpl.bench.executors import Ended, Executor
+from refimpl.bench.executors import Ended, Executor, schedule
 from refimpl.bench.records import REPO as ROOT
 
 TAIL_LINES = 15
@@ -117,13 +118,11 @@ def run_group(specs: list, out_dir: Path, timeout: float, children: Children | N
 
 
 def run_plan(todo: list, out_dir: Path, timeout: float, jobs: int = 1, children: Children | None = None):
-    """An Ended (item: the planned cell) for every cell, as cells end: one child per technique and
-    task (the plan's order kept within each), `jobs` children at a time."""
-    groups: dict[tuple, list] = {}
-    for p in todo:
-        groups.setdefault((p.spec.task, p.tech.id), []).append(p)
+    """An Ended (item: the planned cell) for every cell, as cells end: one child per group of
+    `schedule(todo, jobs)` (the plan's order kept within each), `jobs` children at a time."""
+    groups = schedule(todo, jobs)
     work: queue.Queue = queue.Queue()
-    for group in groups.values():
+    for group in groups:
         work.put(group)
     done: queue.Queue = queue.Queue()
 
@@ -181,6 +180,9 @@ class LocalExecutor(Executor):
                 return (f"{len(cuda)} cell(s) ask for --device {cuda[0].spec.device}, but torch sees no GPU "
                         f"on this machine; nothing was run")
         return None
+
+    def groups(self, todo: list) -> list[list]:
+        return schedule(todo, self.parallel)
 
     def run(self, todo: list, out_dir: Path, timeout: float, attempt: int = 1):
         return run_plan(todo, out_dir, timeout, self.parallel, self.children)
