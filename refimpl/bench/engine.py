@@ -303,7 +303,8 @@ def verify(args, out_dir: Path, timeout: float) -> int:
         return 1
     verdicts = []
     # one child per technique and task as in a matrix run, --jobs of them at a time; verdicts print as cells end
-    items = [SimpleNamespace(spec=ver.spec_of(r), tech=SimpleNamespace(id=r["technique"]), record=r) for r in chosen]
+    items = [SimpleNamespace(spec=ver.spec_of(r), tech=SimpleNamespace(id=r["technique"]), record=r,
+                             estimate_s=float((r.get("timing") or {}).get("wall_s") or 0.0)) for r in chosen]
     with tempfile.TemporaryDirectory(prefix="atlas-verify-") as tmp:
         for ended in run_plan(items, Path(tmp), timeout, args.jobs):
             r, reason, tail = ended.item.record, ended.reason, ended.tail
