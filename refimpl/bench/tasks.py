@@ -141,7 +141,8 @@ class MiniLMLayers(Task):
 
     @torch.no_grad()
     def _trace(self, model: nn.Module, names: list[str]):
-        """Inputs and outputs of each named module, and mean-pooled embeddings, over the eval set."""
+        """(inputs and outputs of each named module, final hidden states, mean-pooled embeddings, rows per
+        sentence of each module and of the hidden states) over the eval set."""
         device = model_device(model)
         xs = {n: [] for n in names}
         ys = {n: [] for n in names}
@@ -164,21 +165,20 @@ class MiniLMLayers(Task):
                 h.remove()
         cat = {n: (torch.cat(xs[n]), torch.cat(ys[n])) for n in names}
         # rows per sentence (tokens; one for a pooler): a sentence is the unit a bootstrap resamples
-        self._rows = {"hidden": [h.shape[0] for h in hidden], **{n: [y.shape[0] for y in ys[n]] for n in names}}
-        return cat, torch.cat(hidden), torch.stack(pooled)
+        rows = {"hidden": [h.shape[0] for h in hidden], **{n: [y.shape[0] for y in ys[n]] for n in names}}
+        return cat, torch.cat(hidden), torch.stack(pooled), rows
 
     def reference(self, fp_model: nn.Module) -> dict:
         """fp32 layer inputs/outputs, final hidden states and embeddings, plus the layer names."""
         names = sorted(find_linears(fp_model, ()))
-        layers, hidden, pooled = self._trace(fp_model, names)
+        layers, hidden, pooled, _ = self._trace(fp_model, names)
         return {"names": names, "layers": layers, "hidden": hidden, "pooled": pooled}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, reference: dict, progress: bool = False) -> dict:
         """Relative errors ‖Y − Ŷ‖/‖Y‖ (per layer local and end-to-end) and embedding cosine."""
         names = reference["names"]
-        layers, hidden, pooled = self._trace(model, names)
-        rows = self._rows
+        layers, hidden, pooled, rows = self._trace(model, names)
         local, e2e, err2, ref2 = [], [], [], []
         for n in names:
             X_f, Y_f = reference["layers"][n]
