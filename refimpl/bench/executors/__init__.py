@@ -32,6 +32,11 @@ class Ended(NamedTuple):
 SPLIT_S = 300.0   # a technique's cells on one task estimated over this run one child per cell (jobs > 1)
 
 
+def seconds(group: list) -> float:
+    """A group's estimated seconds: the sum of its cells' estimates (earlier records' wall times)."""
+    return sum(p.estimate_s for p in group)
+
+
 def schedule(todo: list, jobs: int, split_s: float = SPLIT_S) -> list[list]:
     """The cells of `todo` (matrix.Planned) in groups, in the order free lanes take them.
 
@@ -45,11 +50,11 @@ def schedule(todo: list, jobs: int, split_s: float = SPLIT_S) -> list[list]:
         groups.setdefault((p.spec.task, p.tech.id), []).append(p)
     out: list[list] = []
     for group in groups.values():
-        if jobs > 1 and len(group) > 1 and sum(p.estimate_s for p in group) > split_s:
+        if jobs > 1 and len(group) > 1 and seconds(group) > split_s:
             out.extend([p] for p in group)
         else:
             out.append(group)
-    return sorted(out, key=lambda g: -sum(p.estimate_s for p in g))
+    return sorted(out, key=lambda g: -seconds(g))
 
 
 def makespan(groups: list[list], lanes: int, spawn_s: float) -> float:
@@ -58,7 +63,7 @@ def makespan(groups: list[list], lanes: int, spawn_s: float) -> float:
     free = [0.0] * max(1, lanes)
     for group in groups:
         i = free.index(min(free))
-        free[i] += spawn_s + sum(p.estimate_s for p in group)
+        free[i] += spawn_s + seconds(group)
     return max(free) if groups else 0.0
 
 

@@ -3,9 +3,9 @@
 One child per technique and task runs that group's cells in order (starting Python, torch and
 the registry costs seconds, more than a digits cell itself), `jobs` children at a time, longest
 groups first, each cell with its own time limit; with several jobs a long group is split into
-one child per cell (`executors.schedule`). A crash, a segfault or an out-of-memory kill loses that cell only:
-the child has already written the records before it, and the cells after it go on in a fresh
-child. The child writes each record atomically (records.write_json_atomic) and prints one JSON
+one child per cell (`executors.schedule`). A crash, a segfault or an out-of-memory kill loses
+that cell only: the child has already written the records before it, and the cells after it go
+on in a fresh child. The child writes each record atomically (records.write_json_atomic) and prints one JSON
 summary line per finished cell on stdout.
 
 Children run in their own session, so a Ctrl-C in the terminal reaches only the engine, which
