@@ -257,6 +257,15 @@ def test_fmt_numbers():
         ["0.9815", "46.49", "1.5e-05", "3", "—", "True"]
 
 
+def test_an_interval_that_would_leave_the_metric_range_is_printed_by_its_ends():
+    rec = {"metrics": {"accuracy": 0.985, "ppl": 34879.0},
+           "intervals": {"accuracy": {"lo": 0.9608, "hi": 1.0}, "ppl": {"lo": 1.0, "hi": 75597.0}}}
+    assert results.fmt_ci(rec, "accuracy") == "0.985 [0.9608, 1]"      # not "±0.024", which reads as 1.009
+    assert results.fmt_ci(rec, "ppl") == "3.488e+04 [1, 7.56e+04]"
+    rec["intervals"]["accuracy"] = {"lo": 0.975, "hi": 0.99}
+    assert results.fmt_ci(rec, "accuracy") == "0.985 ±0.01"
+
+
 def test_plot_svg_is_byte_identical_across_renders(tmp_path):
     spec = plots.chart("t", "bits", "acc", [{"label": "a", "x": [2, 4], "y": [0.5, 0.9], "color": 0}],
                        hlines=[{"label": "fp32", "y": 0.99}])

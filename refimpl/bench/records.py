@@ -360,7 +360,7 @@ def intervals(runs: list[dict], task) -> dict:
         values = [r["metrics"].get(metric) for r in runs]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             continue
-        s = stats.seed_summary(values)
+        s = stats.seed_summary(values, stats.RANGES.get(metric, stats.UNBOUNDED))
         entry = {"n_seeds": s.n, "mean": s.mean, "std": s.std}
         spans = []
         if s.n >= 2:

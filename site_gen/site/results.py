@@ -45,12 +45,18 @@ def fmt(value) -> str:
 
 def fmt_ci(rec: dict, metric: str) -> str:
     """The value with the half-width of its 95% interval (the larger side), e.g. `0.9815 ±0.011`;
-    the bare value when the record has no interval (one seed and no per-example data)."""
+    the interval's ends, e.g. `0.985 [0.9608, 1]`, where value ± that half-width would leave the
+    metric's range (an accuracy over 1, a perplexity under 1); the bare value when the record has no
+    interval (one seed and no per-example data)."""
+    from refimpl.bench.stats import RANGES, UNBOUNDED
     value = rec["metrics"].get(metric)
     ci = (rec.get("intervals") or {}).get(metric) or {}
     if "lo" not in ci or not isinstance(value, (int, float)):
         return fmt(value)
+    low, high = RANGES.get(metric, UNBOUNDED)
     half = max(value - ci["lo"], ci["hi"] - value, 0.0)
+    if value - half < low or value + half > high:
+        return f"{fmt(value)} [{fmt(ci['lo'])}, {fmt(ci['hi'])}]"
     return f"{fmt(value)} ±{half:.2g}"
 
 

@@ -13,6 +13,7 @@ import torch
 
 from refimpl.bench import digits, models, records, stats, verify
 from refimpl.bench.runner import RunSpec, run
+from refimpl.bench.tasks import DigitsCNNTask
 from refimpl.core.registry import get
 
 
@@ -90,6 +91,17 @@ def test_seed_interval_uses_student_t():
     s = stats.seed_summary([1.0, 2.0, 3.0])
     assert s.std == 1.0 and math.isclose(s.hi - s.mean, 4.303 / math.sqrt(3), rel_tol=1e-6)
     assert stats.seed_summary([5.0]).lo == 5.0
+
+
+def test_seed_interval_is_cut_to_the_metric_range_and_only_there():
+    values = [0.96, 0.99, 1.0]                      # three seeds of an accuracy near the ceiling
+    free, cut = stats.seed_summary(values), stats.seed_summary(values, stats.RANGES["accuracy"])
+    assert free.hi > 1.0 and cut.hi == 1.0 and cut.lo == free.lo and cut.mean == free.mean
+    ppl = stats.seed_summary([2.0, 40.0, 90.0], stats.RANGES["ppl"])
+    assert ppl.lo == 1.0 and ppl.hi > 90.0
+    runs = [{"seed": s, "metrics": {"accuracy": v}} for s, v in enumerate(values)]
+    entry = records.intervals(runs, DigitsCNNTask)["accuracy"]
+    assert entry["hi"] == 1.0 and entry["seeds"] == [cut.lo, 1.0]
 
 
 def test_ppl_statistic_pools_tokens_not_blocks():
